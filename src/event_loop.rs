@@ -1,0 +1,262 @@
+//! The one thread that moves every byte: a mio `Poll` over the TAP, the flows' host
+//! sockets, signals, the exit fd and (in `run` mode) the child process.
+//!
+//! Each wake-up reads a bounded batch of frames from the TAP, hands each to the stack and
+//! its flow, handles host socket events, fires due timers, and writes out whatever frames
+//! were queued. The loop holds no protocol state; it only dispatches on the token of each
+//! event and keeps time, which it passes down as a parameter.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::NetConfig;
+use crate::flow::FlowTable;
+use crate::stack::{Ingress, Stack};
+use crate::sys::process::IsolatedChild;
+
+const TAP: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const EXIT_FD: Token = Token(2);
+const CHILD: Token = Token(3);
+
+/// Frames read from the TAP per wake-up before host sockets get a turn.
+const TAP_BATCH: usize = 128;
+
+/// Why the loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// SIGTERM or SIGINT.
+    Signal(Signal),
+    /// The `--exit-fd` was closed by the other side (or was never open).
+    ExitFd,
+    /// The `run` child exited with this status.
+    ChildExited(i32),
+}
+
+/// Monotonic time as smoltcp wants it, counted from the loop's start.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.0.elapsed().as_micros() as i64)
+    }
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    clock: Clock,
+    tap: OwnedFd,
+    stack: Stack,
+    flows: FlowTable,
+    signals: SignalFd,
+    /// Held so the descriptor registered as `EXIT_FD` stays open; only its events matter.
+    _exit_fd: Option<OwnedFd>,
+    /// An `--exit-fd` that was not open: exit as soon as the loop runs.
+    exit_fd_missing: bool,
+    child: Option<(IsolatedChild, OwnedFd)>,
+    /// Frames may still be waiting in the TAP (the last batch hit its limit).
+    tap_readable: bool,
+    /// The last write to the TAP would have blocked.
+    tap_blocked: bool,
+}
+
+impl EventLoop {
+    /// Sets up the loop. Signals are blocked and routed to the loop from here on, so this
+    /// must come after every fork that should keep default signal handling.
+    pub fn new(
+        cfg: NetConfig,
+        tap: OwnedFd,
+        exit_fd: Option<Option<OwnedFd>>,
+        child: Option<IsolatedChild>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let registry = poll.registry();
+        registry.register(
+            &mut SourceFd(&tap.as_raw_fd()),
+            TAP,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(io::Error::from)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        registry.register(
+            &mut SourceFd(&signals.as_fd().as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        let exit_fd_missing = matches!(exit_fd, Some(None));
+        let exit_fd = exit_fd.flatten();
+        if let Some(fd) = &exit_fd {
+            registry.register(&mut SourceFd(&fd.as_raw_fd()), EXIT_FD, Interest::READABLE)?;
+        }
+        let child = match child {
+            Some(child) => {
+                let pidfd = child.pidfd().map_err(io::Error::other)?;
+                registry.register(&mut SourceFd(&pidfd.as_raw_fd()), CHILD, Interest::READABLE)?;
+                Some((child, pidfd))
+            }
+            None => None,
+        };
+        let clock = Clock(std::time::Instant::now());
+        let stack = Stack::new(cfg, clock.now());
+        Ok(EventLoop {
+            poll,
+            clock,
+            tap,
+            stack,
+            flows: FlowTable::default(),
+            signals,
+            _exit_fd: exit_fd,
+            exit_fd_missing,
+            child,
+            tap_readable: true,
+            tap_blocked: false,
+        })
+    }
+
+    /// Lets the `run` child exec its command (the network is up).
+    pub fn start_child(&mut self) -> io::Result<()> {
+        match &mut self.child {
+            Some((child, _)) => child.start().map_err(io::Error::other),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs until a signal, the exit fd or the child ends it.
+    pub fn run(&mut self) -> io::Result<Outcome> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.exit_fd_missing {
+                return Ok(Outcome::ExitFd);
+            }
+            let timeout = if self.tap_readable {
+                Some(Duration::ZERO)
+            } else {
+                let now = self.clock.now();
+                self.flows
+                    .next_deadline()
+                    .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = self.clock.now();
+            for event in events.iter() {
+                match event.token() {
+                    TAP => {
+                        if event.is_readable() {
+                            self.tap_readable = true;
+                        }
+                        if event.is_writable() {
+                            self.tap_blocked = false;
+                        }
+                    }
+                    SIGNALS => {
+                        if let Some(outcome) = self.on_signal() {
+                            return Ok(outcome);
+                        }
+                    }
+                    // The other side closed its end (EPOLLHUP). Data written to the fd means
+                    // nothing, so it is left unread.
+                    EXIT_FD if event.is_read_closed() || event.is_error() => {
+                        return Ok(Outcome::ExitFd);
+                    }
+                    EXIT_FD => {}
+                    CHILD => {
+                        if let Some((mut child, _pidfd)) = self.child.take() {
+                            return Ok(Outcome::ChildExited(child.reap()));
+                        }
+                    }
+                    token => {
+                        if let Some(index) = FlowTable::index_of(token) {
+                            let registry = self.poll.registry();
+                            self.flows
+                                .on_host_event(now, &mut self.stack, registry, index);
+                        }
+                    }
+                }
+            }
+            if self.tap_readable {
+                self.read_tap(now)?;
+            }
+            self.flows
+                .on_timers(now, &mut self.stack, self.poll.registry());
+            self.flush_tap()?;
+        }
+    }
+
+    fn read_tap(&mut self, now: smoltcp::time::Instant) -> io::Result<()> {
+        for _ in 0..TAP_BATCH {
+            let len = match nix::unistd::read(&self.tap, self.stack.rx_buffer()) {
+                Ok(0) => return Err(io::Error::other("TAP device closed")),
+                Ok(len) => len,
+                Err(Errno::EAGAIN) => {
+                    self.tap_readable = false;
+                    break;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            };
+            let registry = self.poll.registry();
+            if let Ingress::Tcp { key, opens } = self.stack.classify(now, len) {
+                self.flows
+                    .on_guest_segment(now, &mut self.stack, registry, key, opens);
+            }
+        }
+        self.flows
+            .drive_dirty(now, &mut self.stack, self.poll.registry());
+        Ok(())
+    }
+
+    fn flush_tap(&mut self) -> io::Result<()> {
+        while !self.tap_blocked {
+            let Some(frame) = self.stack.next_tx() else {
+                break;
+            };
+            match nix::unistd::write(&self.tap, frame) {
+                Ok(_) => self.stack.tx_done(),
+                Err(Errno::EAGAIN) => self.tap_blocked = true,
+                Err(Errno::EINTR) => {}
+                // The guest's interface is down or gone: the frame is lost, like on a wire.
+                Err(Errno::EIO) | Err(Errno::EINVAL) => self.stack.tx_done(),
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_signal(&mut self) -> Option<Outcome> {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match &self.child {
+                // In `run` mode the command decides: pass the signal on and exit with it.
+                Some((child, _)) => child.signal(sig),
+                None => return Some(Outcome::Signal(sig)),
+            }
+        }
+        None
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+}

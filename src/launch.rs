@@ -1,0 +1,125 @@
+//! Starting an instance: find or make the namespaces, open the TAP inside them, hand the
+//! rest to the event loop, and turn its outcome into an exit status.
+//!
+//! Both modes open the TAP the same way, from a helper that joins the target namespaces
+//! (see `sys::netns`), before the event loop blocks signals: the helper and the `run`
+//! child must start with ordinary signal handling.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use nix::unistd::Uid;
+
+use crate::cli::{AttachOptions, RunOptions, Target};
+use crate::config::NetConfig;
+use crate::event_loop::{EventLoop, Outcome};
+use crate::sys::ifconfig::IfControl;
+use crate::sys::netns::{NsTarget, open_in_namespaces};
+use crate::sys::process::{IsolatedChild, inherited_fd, set_cloexec};
+use crate::sys::tap::open_tap;
+
+/// Logs go to stderr; quiet (warnings only) unless `--debug` or `RUST_LOG` asks for more.
+pub fn init_logging(debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ if debug => EnvFilter::new("tapsplice=debug"),
+        _ => EnvFilter::new("warn"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// slirp4netns mode: serve the namespace named on the command line.
+pub fn attach(opts: &AttachOptions) -> Result<u8> {
+    // Claim the inherited descriptors before we open anything that could reuse a number.
+    let ready = opts.ready_fd.map(inherited_fd);
+    let exit = opts.exit_fd.map(inherited_fd);
+    for fd in ready.iter().chain(exit.iter()).flatten() {
+        set_cloexec(fd);
+    }
+    let target = match &opts.target {
+        Target::Pid(pid) => {
+            let mut target = NsTarget::of_pid(*pid);
+            if let Some(user) = &opts.userns_path {
+                target.user = Some(user.clone());
+            }
+            target
+        }
+        Target::Path(path) => NsTarget {
+            net: path.clone(),
+            user: opts.userns_path.clone(),
+        },
+    };
+    let tap = open_tap_in(&target, &opts.tap_name, opts.configure.then_some(&opts.net))?;
+    let mut event_loop =
+        EventLoop::new(opts.net.clone(), tap, exit, None).context("set up the event loop")?;
+    if let Some(Some(ready)) = ready {
+        // Any byte means ready to rootlesskit and Podman; slirp4netns writes "1".
+        let _ = nix::unistd::write(&ready, b"1");
+    }
+    tracing::info!(tap = %opts.tap_name, "ready");
+    let outcome = event_loop.run().context("event loop")?;
+    tracing::info!(?outcome, "exiting");
+    Ok(match outcome {
+        Outcome::Signal(_) | Outcome::ExitFd => 0,
+        Outcome::ChildExited(status) => status as u8,
+    })
+}
+
+/// `tapsplice run`: a fresh network namespace (and user namespace when not root) with
+/// the command inside it.
+pub fn run(opts: &RunOptions) -> Result<u8> {
+    let own_userns = !Uid::effective().is_root();
+    let mut child = IsolatedChild::spawn(&opts.command, own_userns).context("create namespaces")?;
+    let target = NsTarget::of_pid(child.pid());
+    let tap = match open_tap_in(&target, "tap0", Some(&opts.net)) {
+        Ok(tap) => tap,
+        Err(err) => {
+            child.signal(Signal::SIGKILL);
+            child.reap();
+            return Err(err);
+        }
+    };
+    let mut event_loop = EventLoop::new(opts.net.clone(), tap, None, Some(child))
+        .context("set up the event loop")?;
+    event_loop.start_child().context("start the command")?;
+    let outcome = event_loop.run().context("event loop")?;
+    Ok(match outcome {
+        Outcome::ChildExited(status) => status as u8,
+        Outcome::Signal(sig) => 128 + sig as u8,
+        Outcome::ExitFd => 0,
+    })
+}
+
+/// Opens TAP `name` inside the target namespaces and, with `configure`, sets it up as
+/// `slirp4netns --configure` does.
+fn open_tap_in(target: &NsTarget, name: &str, configure: Option<&NetConfig>) -> Result<OwnedFd> {
+    // No context added: the first line is what slirp4netns prints (`perror(path)` style),
+    // e.g. "/proc/4194305/ns/net: No such file or directory".
+    let tap = open_in_namespaces(target, || {
+        let tap = open_tap(name)?;
+        if let Some(net) = configure {
+            configure_interface(name, net)?;
+        }
+        Ok(tap)
+    })?;
+    Ok(tap)
+}
+
+/// `lo` and the TAP up, MTU, MAC, guest address N+100, default route via N+2.
+fn configure_interface(name: &str, net: &NetConfig) -> crate::sys::Result<()> {
+    let ctl = IfControl::new()?;
+    ctl.link_up("lo")?;
+    ctl.set_mtu(name, net.mtu as u32)?;
+    if let Some(mac) = net.guest_mac {
+        ctl.set_mac(name, mac)?;
+    }
+    ctl.set_ipv4(name, net.guest(), net.netmask())?;
+    ctl.link_up(name)?;
+    ctl.add_default_route(net.gateway())
+}

@@ -1,0 +1,73 @@
+//! The guest side of one TCP flow: a smoltcp socket in a socket set of its own.
+//!
+//! A set per flow is what lets the stack poll only the flow a frame belongs to. The socket
+//! starts listening on the exact address and port the guest dialled, with its SYN-ACK
+//! paused: the guest's connection is only accepted once the host side has connected
+//! ([`GuestSocket::accept`]), and refused with an RST otherwise ([`GuestSocket::refuse`]).
+//! Nagle and delayed ACKs are off: the guest and the host each run their own congestion
+//! control, and we only relay.
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+
+use super::FlowKey;
+
+/// Receive and send buffer of each guest TCP socket. The receive buffer bounds what a slow
+/// host peer can make us hold for it, the send buffer what a slow guest can; the window
+/// smoltcp advertises is derived from the receive buffer. Large enough for a
+/// bandwidth-delay product on a local link at 65520 MTU (8 full segments).
+pub const GUEST_TCP_BUFFER: usize = 512 * 1024;
+
+pub struct GuestSocket {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+}
+
+impl GuestSocket {
+    pub(super) fn listen(key: FlowKey) -> Self {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; GUEST_TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; GUEST_TCP_BUFFER]),
+        );
+        socket.set_ack_delay(None);
+        socket.set_nagle_enabled(false);
+        socket.pause_synack(true);
+        let endpoint = IpListenEndpoint {
+            addr: Some((*key.remote.ip()).into()),
+            port: key.remote.port(),
+        };
+        // Port 0 is the only thing `listen` rejects; a SYN to port 0 then finds no socket
+        // and smoltcp answers it with an RST.
+        let _ = socket.listen(endpoint);
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        GuestSocket { set, handle }
+    }
+
+    pub fn socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut(self.handle)
+    }
+
+    pub fn state(&self) -> tcp::State {
+        self.set.get::<tcp::Socket>(self.handle).state()
+    }
+
+    /// Lets the SYN-ACK go out: the host side is connected.
+    pub fn accept(&mut self) {
+        self.socket().pause_synack(false);
+    }
+
+    /// Refuses the guest's connection: the next poll sends an RST.
+    pub fn refuse(&mut self) {
+        self.socket().abort();
+    }
+
+    pub(super) fn set(&self) -> &SocketSet<'static> {
+        &self.set
+    }
+
+    pub(super) fn set_mut(&mut self) -> &mut SocketSet<'static> {
+        &mut self.set
+    }
+}

@@ -1,0 +1,84 @@
+//! Counters of what crossed the TAP and why frames were dropped.
+//!
+//! The data path never builds an error value for a bad frame: it counts a [`DropReason`]
+//! and moves on. Counting is a few integer increments, cheap enough to be always on.
+
+/// Why a frame from the guest was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Too short or inconsistent headers.
+    Malformed,
+    /// An IP or TCP checksum did not match.
+    BadChecksum,
+    /// A protocol or message type tapsplice does not carry.
+    Unsupported,
+    /// ARP for an address that is not ours (the guest probing for a free address).
+    NotOurs,
+    /// A new flow while the flow table was full.
+    FlowLimit,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Malformed,
+        DropReason::BadChecksum,
+        DropReason::Unsupported,
+        DropReason::NotOurs,
+        DropReason::FlowLimit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::Unsupported => "unsupported",
+            DropReason::NotOurs => "not_ours",
+            DropReason::FlowLimit => "flow_limit",
+        }
+    }
+}
+
+/// Frame counters of one instance.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    /// Guest connections to N+2 refused because of `--disable-host-loopback`.
+    pub refused_host_loopback: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    pub fn frame_in(&mut self, len: usize) {
+        self.frames_in += 1;
+        self.bytes_in += len as u64;
+    }
+
+    pub fn frame_out(&mut self, len: usize) {
+        self.frames_out += 1;
+        self.bytes_out += len as u64;
+    }
+
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}
+
+/// What happened to guest TCP flows.
+#[derive(Debug, Default, Clone)]
+pub struct FlowCounters {
+    /// Host connect succeeded and the guest got its SYN-ACK.
+    pub opened: u64,
+    /// Host connect failed; the guest got an RST.
+    pub refused: u64,
+    /// Ended by a reset from either side.
+    pub reset: u64,
+    /// Ended by FIN both ways.
+    pub closed: u64,
+}
