@@ -1,0 +1,1341 @@
+//! Fixtures shared by the namespace and real-client tests.
+//!
+//! Everything a test makes (namespaces, veth pairs, child processes, temp dirs, servers) is owned
+//! by a guard that removes it in `Drop`, so a failed assertion still cleans up. Names carry the
+//! process id and a counter, so tests run in parallel. Servers bind port 0. Every wait has a
+//! deadline and says what it waited for. Traffic goes only to loopback and to namespaces made here.
+//!
+//! Data checks use one deterministic byte stream, generated identically in Rust and in the Python
+//! helper that runs inside namespaces (see [`PY_HELPER`]): block `k` of a stream with seed `s` is
+//! the 1 MiB pattern block of `s` with its first 8 bytes replaced by `k` (little endian); the
+//! pattern block is `sha256("tapsplice:{s}:{i}")` for `i` in `0..32768`, concatenated. A stream of
+//! length `n` is the first `n` bytes of blocks `0, 1, 2, ...`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use sha2::{Digest as _, Sha256};
+
+/// Debian's interpreter: the same for root, `ip netns exec` and the unprivileged test user
+/// (a developer's pyenv shim on PATH would not be).
+pub const PYTHON: &str = "/usr/bin/python3";
+/// The unprivileged user `scripts/test.sh` creates for rootless tests.
+pub const TEST_USER: &str = "tapsplice-test";
+/// Gateway of the default CIDR 10.0.2.0/24: the host's 127.0.0.1 as seen from the guest.
+pub const GATEWAY: &str = "10.0.2.2";
+/// Size of one pattern block.
+pub const BLOCK: usize = 1 << 20;
+pub const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// CI rule: missing tool or privilege is a failure under CI=true, a loud skip elsewhere.
+
+/// True when running under CI (`CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Under CI, fails the test; elsewhere prints why it is skipped (past the test harness's output
+/// capture, so it shows even when the test passes) and returns false.
+pub fn skip_or_fail(reason: &str) -> bool {
+    if in_ci() {
+        panic!("CI=true and this test cannot run: {reason}");
+    }
+    let _ = writeln!(io::stderr(), "SKIP {}: {reason}", current_test());
+    false
+}
+
+fn current_test() -> String {
+    thread::current().name().unwrap_or("?").to_string()
+}
+
+/// True when running as root; otherwise skip (or fail under CI).
+pub fn require_root_or_skip() -> bool {
+    nix::unistd::geteuid().is_root() || skip_or_fail("needs root (namespaces, TAP devices)")
+}
+
+/// Full path of an executable found on PATH or in the sbin directories.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain([
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// True when `name` is installed; otherwise skip (or fail under CI).
+pub fn require_tool(name: &str) -> bool {
+    find_tool(name).is_some()
+        || skip_or_fail(&format!(
+            "`{name}` is not installed (scripts/install-deps.sh installs it)"
+        ))
+}
+
+/// All of [`require_tool`] for each name.
+pub fn require_tools(names: &[&str]) -> bool {
+    names.iter().all(|n| require_tool(n))
+}
+
+/// The binary under test: `$TAPSPLICE_BIN` if set (e.g. `/usr/bin/slirp4netns` to validate the
+/// slirp4netns-compatible tests against the real thing), else cargo's build of `tapsplice`.
+pub fn tapsplice_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TAPSPLICE_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            is_executable(&p),
+            "TAPSPLICE_BIN={} is not an executable file",
+            p.display()
+        );
+        return Some(p);
+    }
+    match option_env!("CARGO_BIN_EXE_tapsplice") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            skip_or_fail(
+                "the crate has no `tapsplice` binary target yet and TAPSPLICE_BIN is unset",
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names, temp dirs, waits.
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this test process.
+pub fn next_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `{prefix}-{pid}-{counter}`: unique across parallel tests and test processes.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), next_id())
+}
+
+/// A directory removed (recursively) on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Polls `f` (every 20 ms) until it returns true; panics after `deadline` naming `what`.
+pub fn wait_for(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    wait_for_value(deadline, what, || f().then_some(()))
+}
+
+/// Polls `f` (every 20 ms) until it returns `Some`; panics after `deadline` naming `what`.
+pub fn wait_for_value<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes.
+
+/// A child process killed (with its process group) and reaped on drop, by the PID it started as.
+/// It is the leader of a new process group, so helpers it forks (a shell's children, rootlesskit's
+/// slirp4netns) die with it.
+pub struct Child {
+    what: String,
+    inner: std::process::Child,
+    status: Option<ExitStatus>,
+    log: Option<PathBuf>,
+}
+
+impl Child {
+    /// Spawns `cmd` in a new process group. `what` names it in messages.
+    pub fn spawn(what: &str, cmd: &mut Command) -> Child {
+        cmd.process_group(0);
+        let inner = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
+        Child {
+            what: what.to_string(),
+            inner,
+            status: None,
+            log: None,
+        }
+    }
+
+    /// Like [`Child::spawn`], with stderr going to `log` (shown by [`Child::log`] and on panic).
+    pub fn spawn_logged(what: &str, cmd: &mut Command, log: PathBuf) -> Child {
+        let f = fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        cmd.stderr(f);
+        let mut c = Child::spawn(what, cmd);
+        c.log = Some(log);
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.inner.id()
+    }
+
+    pub fn inner(&mut self) -> &mut std::process::Child {
+        &mut self.inner
+    }
+
+    /// The stderr log so far (empty when not logged).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The exit status if it has exited (reaping it).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self
+                .inner
+                .try_wait()
+                .unwrap_or_else(|e| panic!("wait {}: {e}", self.what));
+        }
+        self.status
+    }
+
+    /// Waits for the exit, at most `deadline`; panics (killing it) when it does not exit.
+    pub fn wait_deadline(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                return s;
+            }
+            if start.elapsed() >= deadline {
+                let log = self.log();
+                panic!(
+                    "{} (pid {}) did not exit within {deadline:?}; stderr:\n{log}",
+                    self.what,
+                    self.pid()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to the process (by its PID) while it has not been reaped.
+    pub fn signal(&mut self, sig: Signal) {
+        if self.try_status().is_none() {
+            kill(Pid::from_raw(self.pid() as i32), sig)
+                .unwrap_or_else(|e| panic!("kill -{sig} {} (pid {}): {e}", self.what, self.pid()));
+        }
+    }
+
+    /// Number of open file descriptors (`/proc/PID/fd`).
+    pub fn fd_count(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid());
+        fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+            .count()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            // Not reaped yet, so the PID (and the group it leads) is still ours.
+            let _ = killpg(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+            let _ = self.inner.kill();
+            let _ = self.inner.wait();
+        }
+        if thread::panicking() {
+            let log = self.log();
+            if !log.is_empty() {
+                eprintln!(
+                    "--- stderr of {} (pid {}):\n{log}--- end",
+                    self.what,
+                    self.pid()
+                );
+            }
+        }
+    }
+}
+
+/// What a finished command left.
+pub struct Captured {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Captured {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics unless the command exited 0.
+    pub fn assert_success(&self, what: &str) {
+        assert!(
+            self.status.success(),
+            "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            describe_status(self.status),
+            self.stdout_str(),
+            self.stderr
+        );
+    }
+}
+
+/// "exit N" or "signal N".
+pub fn describe_status(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => format!("{s:?}"),
+    }
+}
+
+/// Runs `cmd` to completion within `deadline`, feeding it `stdin` (if any) and capturing stdout
+/// and stderr. Panics (after killing it) when it overruns.
+pub fn run_capture(
+    what: &str,
+    cmd: &mut Command,
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+) -> Captured {
+    let start = Instant::now();
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Child::spawn(what, cmd);
+    if let Some(data) = stdin {
+        let mut w = child.inner.stdin.take().expect("stdin pipe");
+        // A child that exits without reading makes this fail with EPIPE: not our concern here.
+        thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let out_rx = read_all_in_thread(child.inner.stdout.take().expect("stdout pipe"));
+    let err_rx = read_all_in_thread(child.inner.stderr.take().expect("stderr pipe"));
+    let status = {
+        let s = Instant::now();
+        loop {
+            if let Some(st) = child.try_status() {
+                break st;
+            }
+            if s.elapsed() >= deadline {
+                drop(child);
+                let err = err_rx
+                    .recv_timeout(Duration::from_secs(2))
+                    .unwrap_or_default();
+                panic!(
+                    "{what} did not finish within {deadline:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A grandchild that kept the pipes open must not hang us: bounded by the same deadline.
+    let grace = deadline
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(2));
+    let stdout = out_rx.recv_timeout(grace).unwrap_or_else(|_| {
+        panic!("{what}: stdout still open after exit (a leftover process holds it)")
+    });
+    let stderr = err_rx.recv_timeout(grace).unwrap_or_default();
+    Captured {
+        status,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn read_all_in_thread(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+/// Reads from `r` in a thread until it has `want` bytes or EOF, at most `deadline`.
+/// Returns what was read; panics on timeout naming `what`.
+pub fn read_some_deadline(
+    what: &str,
+    mut r: impl Read + Send + 'static,
+    want: usize,
+    deadline: Duration,
+) -> Vec<u8> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 256];
+        while v.len() < want {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => v.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(v);
+    });
+    rx.recv_timeout(deadline)
+        .unwrap_or_else(|_| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Runs a short command (e.g. `ip ...`) with a 30 s deadline; panics unless it succeeds.
+pub fn sh_ok(prog: &str, args: &[&str]) -> Captured {
+    let what = format!("{prog} {}", args.join(" "));
+    let c = run_capture(
+        &what,
+        Command::new(prog).args(args),
+        None,
+        Duration::from_secs(30),
+    );
+    c.assert_success(&what);
+    c
+}
+
+/// Runs a short command with a 30 s deadline; true when it exits 0 (output discarded).
+pub fn sh_status(prog: &str, args: &[&str]) -> bool {
+    let what = format!("{prog} {}", args.join(" "));
+    run_capture(
+        &what,
+        Command::new(prog).args(args),
+        None,
+        Duration::from_secs(30),
+    )
+    .status
+    .success()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces.
+
+/// A network namespace made by `ip netns add`, deleted on drop.
+pub struct NetnsFixture {
+    name: String,
+}
+
+impl NetnsFixture {
+    pub fn new() -> NetnsFixture {
+        let name = unique_name("tsns");
+        sh_ok("ip", &["netns", "add", &name]);
+        let ns = NetnsFixture { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`, for `--netns-type=path`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NAME ARGS...`, which must succeed.
+    pub fn ip(&self, args: &[&str]) -> Captured {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        sh_ok("ip", &a)
+    }
+
+    /// True when the namespace has a link called `ifname`.
+    pub fn has_link(&self, ifname: &str) -> bool {
+        sh_status("ip", &["-n", &self.name, "link", "show", "dev", ifname])
+    }
+
+    /// A command that runs `prog args...` inside the namespace (`ip netns exec`, which execs, so
+    /// the PID is the program's).
+    pub fn exec(&self, prog: &str, args: &[String]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]).args(args);
+        c
+    }
+}
+
+impl Default for NetnsFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetnsFixture {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A "remote" host: a namespace of its own reached from the host netns over a veth pair in
+/// 10.201.X.Y/30 (never overlapping 10.0.2.0/24). The host end is deleted on drop, then the
+/// namespace. Drop any process running in it before this.
+pub struct VethPeer {
+    host_if: String,
+    /// Address of the host end.
+    pub host_ip: Ipv4Addr,
+    /// Address of the peer end, inside [`VethPeer::ns`].
+    pub peer_ip: Ipv4Addr,
+    pub ns: NetnsFixture,
+}
+
+impl VethPeer {
+    pub fn new() -> VethPeer {
+        let ns = NetnsFixture::new();
+        let n = next_id();
+        let tag = format!("{:x}{:x}", std::process::id(), n);
+        let host_if = format!("tsh{tag}");
+        let peer_if = format!("tsp{tag}");
+        assert!(host_if.len() <= 15, "interface name {host_if} too long");
+        let used = sh_ok("ip", &["-4", "-o", "addr", "show"]).stdout_str();
+        let (host_ip, peer_ip) = (0..64u32)
+            .map(|attempt| {
+                let idx = (std::process::id().wrapping_mul(64) + n * 7 + attempt * 131) % 16384;
+                let (a, b) = ((idx / 64) as u8, ((idx % 64) * 4) as u8);
+                (
+                    Ipv4Addr::new(10, 201, a, b + 1),
+                    Ipv4Addr::new(10, 201, a, b + 2),
+                )
+            })
+            .find(|(h, p)| !used.contains(&format!(" {h}/")) && !used.contains(&format!(" {p}/")))
+            .expect("no free 10.201.x.y/30 subnet among 64 candidates");
+        sh_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+                "netns",
+                ns.name(),
+            ],
+        );
+        // From here on, Drop removes the link.
+        let peer = VethPeer {
+            host_if,
+            host_ip,
+            peer_ip,
+            ns,
+        };
+        sh_ok(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{host_ip}/30"),
+                "dev",
+                &peer.host_if,
+            ],
+        );
+        sh_ok("ip", &["link", "set", &peer.host_if, "up"]);
+        peer.ns
+            .ip(&["addr", "add", &format!("{peer_ip}/30"), "dev", &peer_if]);
+        peer.ns.ip(&["link", "set", &peer_if, "up"]);
+        peer
+    }
+
+    pub fn host_if(&self) -> &str {
+        &self.host_if
+    }
+}
+
+impl Default for VethPeer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for VethPeer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic data and digests.
+
+/// Length and SHA-256 (lowercase hex) of a byte stream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub len: u64,
+    pub sha: String,
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes sha256 {}", self.len, self.sha)
+    }
+}
+
+impl Digest {
+    pub fn of(data: &[u8]) -> Digest {
+        Digest {
+            len: data.len() as u64,
+            sha: hex(&Sha256::digest(data)),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A running length + SHA-256.
+#[derive(Default)]
+pub struct Hasher {
+    len: u64,
+    sha: Sha256,
+}
+
+impl Hasher {
+    pub fn update(&mut self, b: &[u8]) {
+        self.len += b.len() as u64;
+        self.sha.update(b);
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest {
+            len: self.len,
+            sha: hex(&self.sha.finalize()),
+        }
+    }
+}
+
+/// The 1 MiB pattern block of `seed` (see the module doc).
+pub fn pattern_block(seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(BLOCK);
+    for i in 0..BLOCK / 32 {
+        v.extend_from_slice(&Sha256::digest(format!("tapsplice:{seed}:{i}").as_bytes()));
+    }
+    v
+}
+
+/// Calls `f` with consecutive chunks (at most 1 MiB) of the stream of `seed`, `len` bytes in all.
+pub fn for_each_chunk(
+    seed: u64,
+    len: u64,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut block = pattern_block(seed);
+    let mut left = len;
+    let mut k: u64 = 0;
+    while left > 0 {
+        block[..8].copy_from_slice(&k.to_le_bytes());
+        let n = left.min(BLOCK as u64) as usize;
+        f(&block[..n])?;
+        left -= n as u64;
+        k += 1;
+    }
+    Ok(())
+}
+
+/// The whole stream of `seed`, `len` bytes (for small streams).
+pub fn pattern_bytes(seed: u64, len: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len as usize);
+    for_each_chunk(seed, len, |c| {
+        v.extend_from_slice(c);
+        Ok(())
+    })
+    .expect("in-memory");
+    v
+}
+
+/// Length + SHA-256 of the stream of `seed`, `len` bytes.
+pub fn pattern_digest(seed: u64, len: u64) -> Digest {
+    let mut h = Hasher::default();
+    for_each_chunk(seed, len, |c| {
+        h.update(c);
+        Ok(())
+    })
+    .expect("in-memory");
+    h.finish()
+}
+
+/// Digest of the stream of `seed`, `len` bytes repeated `times` times back to back (what the
+/// many-connections client sends or receives in all).
+pub fn pattern_digest_repeated(seed: u64, len: u64, times: u64) -> Digest {
+    let one = pattern_bytes(seed, len);
+    let mut h = Hasher::default();
+    for _ in 0..times {
+        h.update(&one);
+    }
+    h.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host TCP test server.
+
+/// What the test server saw on one connection.
+#[derive(Clone, Debug)]
+pub struct ConnRecord {
+    /// Everything the client sent up to its EOF.
+    pub received: Digest,
+    /// What the server wrote back.
+    pub sent: Digest,
+    /// An I/O error that cut the exchange short.
+    pub error: Option<String>,
+}
+
+/// A TCP server on 127.0.0.1:0: for each connection it reads to EOF (hashing and counting), then
+/// writes the pattern stream (`reply_seed`, `reply_len` bytes) and closes. Stopped on drop.
+pub struct TestServer {
+    addr: SocketAddr,
+    records: Arc<Mutex<Vec<ConnRecord>>>,
+    accepted: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Per-operation I/O timeout on server sockets, so a stuck test cannot hang a server thread.
+const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl TestServer {
+    pub fn start(reply_seed: u64, reply_len: u64) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let block = Arc::new(pattern_block(reply_seed));
+        let thread = {
+            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (records, block) = (records.clone(), block.clone());
+                    thread::spawn(move || {
+                        let rec = serve_conn(conn, &block, reply_len);
+                        records.lock().unwrap().push(rec);
+                    });
+                }
+            })
+        };
+        TestServer {
+            addr,
+            records,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Records of finished connections, in the order they finished.
+    pub fn records(&self) -> Vec<ConnRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` connections have finished; returns their records.
+    pub fn wait_records(&self, n: usize, deadline: Duration) -> Vec<ConnRecord> {
+        wait_for_value(
+            deadline,
+            &format!("{n} finished connections at the test server"),
+            || {
+                let r = self.records();
+                (r.len() >= n).then_some(r)
+            },
+        )
+    }
+}
+
+fn serve_conn(mut conn: TcpStream, block: &[u8], reply_len: u64) -> ConnRecord {
+    let _ = conn.set_read_timeout(Some(SERVER_IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(SERVER_IO_TIMEOUT));
+    let mut rx = Hasher::default();
+    let mut tx = Hasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = (|| -> io::Result<()> {
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rx.update(&buf[..n]);
+        }
+        let mut chunk = block.to_vec();
+        let mut left = reply_len;
+        let mut k: u64 = 0;
+        while left > 0 {
+            chunk[..8].copy_from_slice(&k.to_le_bytes());
+            let n = left.min(BLOCK as u64) as usize;
+            conn.write_all(&chunk[..n])?;
+            tx.update(&chunk[..n]);
+            left -= n as u64;
+            k += 1;
+        }
+        conn.shutdown(std::net::Shutdown::Write)
+    })();
+    ConnRecord {
+        received: rx.finish(),
+        sent: tx.finish(),
+        error: result.err().map(|e| e.to_string()),
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening: bound, read, released.
+pub fn refused_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host HTTP server.
+
+/// One HTTP request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct HttpRecord {
+    pub request_line: String,
+    /// The request body (`Content-Length` bytes), empty for GET.
+    pub body: Digest,
+    /// What the server sent as the response body.
+    pub sent: Digest,
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1:0 answering every request with `200` and a fixed
+/// body (`Connection: close`), recording the request body's digest. Stopped on drop.
+pub struct HttpServer {
+    addr: SocketAddr,
+    records: Arc<Mutex<Vec<HttpRecord>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(body: Vec<u8>) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = Arc::new(body);
+        let thread = {
+            let (records, stop) = (records.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (records, body) = (records.clone(), body.clone());
+                    thread::spawn(move || {
+                        if let Ok(rec) = serve_http(conn, &body) {
+                            records.lock().unwrap().push(rec);
+                        }
+                    });
+                }
+            })
+        };
+        HttpServer {
+            addr,
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn records(&self) -> Vec<HttpRecord> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+fn serve_http(mut conn: TcpStream, body: &[u8]) -> io::Result<HttpRecord> {
+    conn.set_read_timeout(Some(SERVER_IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(SERVER_IO_TIMEOUT))?;
+    // Headers: at most 64 KiB.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let header_end = loop {
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if head.len() > 64 * 1024 {
+            return Err(io::Error::other("headers too long"));
+        }
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::other("EOF in headers"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let text = String::from_utf8_lossy(&head[..header_end]).into_owned();
+    let request_line = text.lines().next().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let content_length: u64 = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // curl asks first for bodies over 1 MiB; answering saves its 1 s wait.
+    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let mut rx = Hasher::default();
+    let already = &head[header_end..];
+    let first = already.len().min(content_length as usize);
+    rx.update(&already[..first]);
+    let mut left = content_length - first as u64;
+    let mut big = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = left.min(big.len() as u64) as usize;
+        let n = conn.read(&mut big[..want])?;
+        if n == 0 {
+            return Err(io::Error::other("EOF in body"));
+        }
+        rx.update(&big[..n]);
+        left -= n as u64;
+    }
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(header.as_bytes())?;
+    conn.write_all(body)?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    Ok(HttpRecord {
+        request_line,
+        body: rx.finish(),
+        sent: Digest::of(body),
+    })
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Python helper that runs inside namespaces.
+
+/// Run as `python3 -c PY_HELPER MODE ARGS...`; prints one JSON object per line.
+///
+/// - `client HOST PORT SEND_LEN SEED [CONNECT_TIMEOUT]`: connect, send the stream, shut down the
+///   write side, read to EOF. Prints `{"ok":true,"sent_len","sent_sha","recv_len","recv_sha",
+///   "connect_ms","elapsed_ms"}` or `{"ok":false,"stage":"connect"|"data","errno","error",
+///   "elapsed_ms"}` (errno -1 for a timeout).
+/// - `many HOST PORT COUNT SEND_LEN SEED`: COUNT sequential connections doing the same; prints
+///   totals with the digests of everything sent and received back to back, plus `"conns"`.
+/// - `server BIND_IP REPLY_LEN REPLY_SEED`: listen on port 0, print `{"port":P}`, serve one
+///   connection like the host test server, print `{"ok":true,"recv_len","recv_sha","sent_len",
+///   "sent_sha"}`.
+pub const PY_HELPER: &str = r#"
+import hashlib, json, socket, sys, time
+
+BLOCK = 1 << 20
+IO_TIMEOUT = 120.0
+_blocks = {}
+
+def block(seed):
+    b = _blocks.get(seed)
+    if b is None:
+        b = bytearray(b"".join(hashlib.sha256(b"tapsplice:%d:%d" % (seed, i)).digest()
+                               for i in range(BLOCK // 32)))
+        _blocks[seed] = b
+    return b
+
+def send_stream(sock, seed, n, h):
+    blk = block(seed)
+    mv = memoryview(blk)
+    sent = 0
+    k = 0
+    while sent < n:
+        blk[0:8] = k.to_bytes(8, "little")
+        m = min(BLOCK, n - sent)
+        sock.sendall(mv[:m])
+        h.update(mv[:m])
+        sent += m
+        k += 1
+    return sent
+
+def recv_stream(sock, h):
+    buf = bytearray(256 * 1024)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        r = sock.recv_into(buf)
+        if r == 0:
+            return total
+        h.update(mv[:r])
+        total += r
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+def ms(t0):
+    return int((time.monotonic() - t0) * 1000)
+
+def fail(stage, e, t0, **extra):
+    d = {"ok": False, "stage": stage, "errno": e.errno if getattr(e, "errno", None) is not None else -1,
+         "error": str(e) or type(e).__name__, "elapsed_ms": ms(t0)}
+    d.update(extra)
+    out(d)
+
+def connect(host, port, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect((host, port))
+    s.settimeout(IO_TIMEOUT)
+    return s
+
+def exchange(s, seed, n, hs, hr):
+    sent = send_stream(s, seed, n, hs)
+    s.shutdown(socket.SHUT_WR)
+    recvd = recv_stream(s, hr)
+    s.close()
+    return sent, recvd
+
+def client(host, port, n, seed, timeout=30.0):
+    t0 = time.monotonic()
+    try:
+        s = connect(host, int(port), float(timeout))
+    except OSError as e:
+        return fail("connect", e, t0)
+    cms = ms(t0)
+    hs, hr = hashlib.sha256(), hashlib.sha256()
+    try:
+        sent, recvd = exchange(s, int(seed), int(n), hs, hr)
+    except OSError as e:
+        return fail("data", e, t0)
+    out({"ok": True, "sent_len": sent, "sent_sha": hs.hexdigest(), "recv_len": recvd,
+         "recv_sha": hr.hexdigest(), "connect_ms": cms, "elapsed_ms": ms(t0)})
+
+def many(host, port, count, n, seed):
+    t0 = time.monotonic()
+    hs, hr = hashlib.sha256(), hashlib.sha256()
+    tsent = trecv = 0
+    for i in range(int(count)):
+        stage = "connect"
+        try:
+            s = connect(host, int(port), 10.0)
+            stage = "data"
+            sent, recvd = exchange(s, int(seed), int(n), hs, hr)
+        except OSError as e:
+            return fail(stage, e, t0, conn=i)
+        tsent += sent
+        trecv += recvd
+    out({"ok": True, "conns": int(count), "sent_len": tsent, "sent_sha": hs.hexdigest(),
+         "recv_len": trecv, "recv_sha": hr.hexdigest(), "elapsed_ms": ms(t0)})
+
+def server(bind_ip, n, seed):
+    t0 = time.monotonic()
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((bind_ip, 0))
+    ls.listen(1)
+    out({"port": ls.getsockname()[1]})
+    ls.settimeout(IO_TIMEOUT)
+    try:
+        c, _ = ls.accept()
+        c.settimeout(IO_TIMEOUT)
+        hr, hs = hashlib.sha256(), hashlib.sha256()
+        recvd = recv_stream(c, hr)
+        sent = send_stream(c, int(seed), int(n), hs)
+        c.shutdown(socket.SHUT_WR)
+        c.close()
+    except OSError as e:
+        return fail("server", e, t0)
+    out({"ok": True, "recv_len": recvd, "recv_sha": hr.hexdigest(), "sent_len": sent,
+         "sent_sha": hs.hexdigest(), "elapsed_ms": ms(t0)})
+
+{"client": client, "many": many, "server": server}[sys.argv[1]](*sys.argv[2:])
+"#;
+
+/// `["-c", PY_HELPER, mode, args...]`: the arguments after [`PYTHON`].
+pub fn py_args(mode: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec!["-c".to_string(), PY_HELPER.to_string(), mode.to_string()];
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// Arguments of `python3` for one client exchange.
+pub fn py_client(
+    host: &str,
+    port: u16,
+    send_len: u64,
+    seed: u64,
+    connect_timeout_s: u32,
+) -> Vec<String> {
+    py_args(
+        "client",
+        &[
+            host.into(),
+            port.to_string(),
+            send_len.to_string(),
+            seed.to_string(),
+            connect_timeout_s.to_string(),
+        ],
+    )
+}
+
+/// Arguments of `python3` for `count` sequential exchanges.
+pub fn py_many(host: &str, port: u16, count: u32, send_len: u64, seed: u64) -> Vec<String> {
+    py_args(
+        "many",
+        &[
+            host.into(),
+            port.to_string(),
+            count.to_string(),
+            send_len.to_string(),
+            seed.to_string(),
+        ],
+    )
+}
+
+/// Arguments of `python3` for a one-connection server.
+pub fn py_server(bind_ip: &str, reply_len: u64, reply_seed: u64) -> Vec<String> {
+    py_args(
+        "server",
+        &[
+            bind_ip.into(),
+            reply_len.to_string(),
+            reply_seed.to_string(),
+        ],
+    )
+}
+
+/// The python helper with `PYTHON` as argv\[0\]: `[PYTHON, "-c", ...]`.
+pub fn with_python(args: Vec<String>) -> Vec<String> {
+    let mut v = vec![PYTHON.to_string()];
+    v.extend(args);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports.
+
+/// A flat JSON object (string, number, bool or null values), as the helper prints.
+#[derive(Debug, Clone)]
+pub struct Json(BTreeMap<String, String>);
+
+impl Json {
+    /// Parses one flat JSON object. Panics with the input on malformed text.
+    pub fn parse(s: &str) -> Json {
+        parse_flat_json(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+    }
+
+    /// The last line of `out` that starts with `{`, parsed.
+    pub fn last_in(out: &str) -> Json {
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON line in output:\n{out}"));
+        Json::parse(line.trim())
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    pub fn str(&self, k: &str) -> &str {
+        self.get(k)
+            .unwrap_or_else(|| panic!("no {k:?} in {self:?}"))
+    }
+
+    pub fn i64(&self, k: &str) -> i64 {
+        self.str(k)
+            .parse()
+            .unwrap_or_else(|e| panic!("{k:?} not an integer ({e}) in {self:?}"))
+    }
+
+    pub fn u64(&self, k: &str) -> u64 {
+        self.str(k)
+            .parse()
+            .unwrap_or_else(|e| panic!("{k:?} not an unsigned integer ({e}) in {self:?}"))
+    }
+
+    pub fn ok(&self) -> bool {
+        self.get("ok") == Some("true")
+    }
+
+    /// `(sent, received)` digests of a successful exchange; panics with the report otherwise.
+    pub fn digests(&self) -> (Digest, Digest) {
+        assert!(self.ok(), "exchange failed: {self:?}");
+        (
+            Digest {
+                len: self.u64("sent_len"),
+                sha: self.str("sent_sha").to_string(),
+            },
+            Digest {
+                len: self.u64("recv_len"),
+                sha: self.str("recv_sha").to_string(),
+            },
+        )
+    }
+}
+
+fn parse_flat_json(s: &str) -> Result<Json, String> {
+    let mut chars = s.trim().chars().peekable();
+    let mut map = BTreeMap::new();
+    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while c.peek().is_some_and(|x| x.is_whitespace()) {
+            c.next();
+        }
+    };
+    fn string(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
+        if c.next() != Some('"') {
+            return Err("expected string".into());
+        }
+        let mut out = String::new();
+        loop {
+            match c.next().ok_or("unterminated string")? {
+                '"' => return Ok(out),
+                '\\' => match c.next().ok_or("bad escape")? {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let h: String = (0..4).filter_map(|_| c.next()).collect();
+                        let v = u32::from_str_radix(&h, 16).map_err(|e| e.to_string())?;
+                        out.push(char::from_u32(v).unwrap_or('\u{fffd}'));
+                    }
+                    x => out.push(x),
+                },
+                x => out.push(x),
+            }
+        }
+    }
+    if chars.next() != Some('{') {
+        return Err("expected {".into());
+    }
+    skip_ws(&mut chars);
+    if chars.peek() == Some(&'}') {
+        return Ok(Json(map));
+    }
+    loop {
+        skip_ws(&mut chars);
+        let k = string(&mut chars)?;
+        skip_ws(&mut chars);
+        if chars.next() != Some(':') {
+            return Err("expected :".into());
+        }
+        skip_ws(&mut chars);
+        let v = if chars.peek() == Some(&'"') {
+            string(&mut chars)?
+        } else {
+            let mut v = String::new();
+            while chars
+                .peek()
+                .is_some_and(|x| !matches!(x, ',' | '}') && !x.is_whitespace())
+            {
+                v.push(chars.next().unwrap());
+            }
+            if v.is_empty() {
+                return Err(format!("empty value for {k}"));
+            }
+            v
+        };
+        map.insert(k, v);
+        skip_ws(&mut chars);
+        match chars.next() {
+            Some(',') => continue,
+            Some('}') => return Ok(Json(map)),
+            _ => return Err("expected , or }".into()),
+        }
+    }
+}

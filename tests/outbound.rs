@@ -1,0 +1,480 @@
+//! Outbound TCP through the binary, with real namespaces, a real TAP and the kernel's TCP in the
+//! guest. Root tests: each makes its own namespaces and servers and removes them on drop.
+//!
+//! `tapsplice run` tests need our binary. The main-mode tests (`main_mode_*`) speak only the
+//! slirp4netns contract and pass with `TAPSPLICE_BIN=/usr/bin/slirp4netns`.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Deadline for moving 256 MiB each way through a userspace stack on 2 shared cores.
+const BULK_DEADLINE: Duration = Duration::from_secs(300);
+/// Deadline for anything that should take a moment (start-up, a small exchange, an exit).
+const SHORT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the binary may take to report ready on its ready fd.
+const READY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Everything a `tapsplice run` test needs, or None (after a skip message) when it cannot run.
+fn run_prereqs(tools: &[&str]) -> Option<std::path::PathBuf> {
+    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) || !require_tools(tools) {
+        return None;
+    }
+    tapsplice_bin()
+}
+
+/// `tapsplice run [opts] -- ARGV...` captured, within `deadline`.
+fn tapsplice_run(
+    bin: &Path,
+    opts: &[&str],
+    argv: &[String],
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+) -> Captured {
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").args(opts).arg("--").args(argv);
+    let what = format!(
+        "tapsplice run {} -- {}",
+        opts.join(" "),
+        argv.first().map(String::as_str).unwrap_or("")
+    );
+    run_capture(&what, &mut cmd, stdin, deadline)
+}
+
+/// A bulk exchange through `tapsplice run` to a host server on loopback via the gateway:
+/// `len` bytes each way, checked at both ends.
+fn bulk_via_gateway(opts: &[&str], len: u64) {
+    let Some(bin) = run_prereqs(&[]) else { return };
+    let (up_seed, down_seed) = (11, 12);
+    let server = TestServer::start(down_seed, len);
+    let argv = with_python(py_client(GATEWAY, server.port(), len, up_seed, 10));
+    let out = tapsplice_run(&bin, opts, &argv, None, BULK_DEADLINE);
+    out.assert_success("bulk client in tapsplice run");
+    let report = Json::last_in(&out.stdout_str());
+    let (client_sent, client_recv) = report.digests();
+    let recs = server.wait_records(1, SHORT_DEADLINE);
+    assert_eq!(
+        recs.len(),
+        1,
+        "expected exactly one connection at the server: {recs:?}"
+    );
+    let rec = &recs[0];
+    assert_eq!(rec.error, None, "server side I/O error");
+    let up = pattern_digest(up_seed, len);
+    let down = pattern_digest(down_seed, len);
+    assert_eq!(client_sent, up, "guest did not send the expected stream");
+    assert_eq!(rec.received, up, "guest -> host bytes differ");
+    assert_eq!(rec.sent, down, "server did not send the expected stream");
+    assert_eq!(client_recv, down, "host -> guest bytes differ");
+    eprintln!(
+        "{len} bytes each way with {opts:?} in {:?} ({report:?})",
+        out.elapsed
+    );
+}
+
+// (a)
+#[test]
+fn run_curl_gateway_exact_body() {
+    let Some(bin) = run_prereqs(&["curl"]) else {
+        return;
+    };
+    let body = pattern_bytes(21, 3 * MIB + 123);
+    let upload = pattern_bytes(22, MIB + 7);
+    let server = HttpServer::start(body.clone());
+    let url = format!("http://{GATEWAY}:{}/exact", server.port());
+    let argv: Vec<String> = [
+        "curl",
+        "-sS",
+        "--fail",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "60",
+        "--data-binary",
+        "@-",
+        &url,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = tapsplice_run(
+        &bin,
+        &[],
+        &argv,
+        Some(upload.clone()),
+        Duration::from_secs(90),
+    );
+    out.assert_success("curl in tapsplice run");
+    assert_eq!(
+        Digest::of(&out.stdout),
+        Digest::of(&body),
+        "body received by curl differs"
+    );
+    assert!(out.stdout == body, "body bytes differ");
+    let recs = server.records();
+    assert_eq!(recs.len(), 1, "expected one request: {recs:?}");
+    assert_eq!(recs[0].request_line, "POST /exact HTTP/1.1");
+    assert_eq!(
+        recs[0].body,
+        Digest::of(&upload),
+        "request body received by the server differs"
+    );
+    assert_eq!(recs[0].sent, Digest::of(&body));
+}
+
+// (b)
+#[test]
+fn run_bulk_256mib_via_gateway() {
+    bulk_via_gateway(&[], 256 * MIB);
+}
+
+// (b)
+#[test]
+fn run_bulk_256mib_via_gateway_mtu_65520() {
+    bulk_via_gateway(&["--mtu", "65520"], 256 * MIB);
+}
+
+// (c)
+#[test]
+fn run_refused_port_fails_fast() {
+    let Some(bin) = run_prereqs(&[]) else { return };
+    let port = refused_port();
+    // The guest gives up after 2 s: a refusal must come back as an RST long before that.
+    let argv = with_python(py_client(GATEWAY, port, 1000, 31, 2));
+    let out = tapsplice_run(&bin, &[], &argv, None, Duration::from_secs(10));
+    out.assert_success("client in tapsplice run");
+    let r = Json::last_in(&out.stdout_str());
+    assert!(!r.ok(), "connect to a closed port succeeded: {r:?}");
+    assert_eq!(r.str("stage"), "connect", "{r:?}");
+    assert_eq!(
+        r.i64("errno"),
+        libc::ECONNREFUSED as i64,
+        "expected ECONNREFUSED: {r:?}"
+    );
+}
+
+// (d)
+#[test]
+fn run_disable_host_loopback_enetunreach() {
+    let Some(bin) = run_prereqs(&[]) else { return };
+    // A live server: the failure must come from the policy, not from a closed port.
+    let server = TestServer::start(41, 1000);
+    let argv = with_python(py_client(GATEWAY, server.port(), 1000, 42, 5));
+    let out = tapsplice_run(
+        &bin,
+        &["--disable-host-loopback"],
+        &argv,
+        None,
+        Duration::from_secs(20),
+    );
+    out.assert_success("client in tapsplice run --disable-host-loopback");
+    let r = Json::last_in(&out.stdout_str());
+    assert!(
+        !r.ok(),
+        "connect to the gateway succeeded despite --disable-host-loopback: {r:?}"
+    );
+    assert_eq!(r.str("stage"), "connect", "{r:?}");
+    assert_eq!(
+        r.i64("errno"),
+        libc::ENETUNREACH as i64,
+        "expected ENETUNREACH (Network is unreachable): {r:?}"
+    );
+    assert_eq!(
+        server.accepted(),
+        0,
+        "the host's loopback server got a connection"
+    );
+}
+
+// (e)
+#[test]
+fn run_remote_peer_over_veth_16mib() {
+    let Some(bin) = run_prereqs(&[]) else { return };
+    let len = 16 * MIB;
+    let (up_seed, down_seed) = (51, 52);
+    let peer = VethPeer::new();
+    let peer_ip = peer.peer_ip.to_string();
+    let logs = TempDir::new("tsout");
+    let mut cmd = peer.ns.exec(PYTHON, &py_server(&peer_ip, len, down_seed));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut server = Child::spawn_logged(
+        "python server in the peer namespace",
+        &mut cmd,
+        logs.join("server.log"),
+    );
+    let stdout = server.inner().stdout.take().expect("stdout pipe");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port_line = line_rx
+        .recv_timeout(SHORT_DEADLINE)
+        .unwrap_or_else(|_| panic!("peer server did not print its port: {}", server.log()));
+    let port = u16::try_from(Json::parse(&port_line).u64("port")).expect("port");
+
+    let argv = with_python(py_client(&peer_ip, port, len, up_seed, 10));
+    let out = tapsplice_run(&bin, &[], &argv, None, Duration::from_secs(120));
+    out.assert_success("client in tapsplice run");
+    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
+    let status = server.wait_deadline(SHORT_DEADLINE);
+    assert!(
+        status.success(),
+        "peer server: {}\n{}",
+        describe_status(status),
+        server.log()
+    );
+    let result_line = line_rx
+        .recv_timeout(SHORT_DEADLINE)
+        .expect("peer server result line");
+    let (srv_sent, srv_recv) = Json::parse(&result_line).digests();
+    let up = pattern_digest(up_seed, len);
+    let down = pattern_digest(down_seed, len);
+    assert_eq!(client_sent, up);
+    assert_eq!(srv_recv, up, "guest -> peer bytes differ");
+    assert_eq!(srv_sent, down);
+    assert_eq!(client_recv, down, "peer -> guest bytes differ");
+    drop(server);
+    drop(peer);
+}
+
+// (j)
+#[test]
+fn run_propagates_exit_status() {
+    let Some(bin) = run_prereqs(&[]) else { return };
+    let argv: Vec<String> = ["sh", "-c", "exit 7"].map(String::from).to_vec();
+    let out = tapsplice_run(&bin, &[], &argv, None, SHORT_DEADLINE);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "status {} stderr:\n{}",
+        describe_status(out.status),
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main mode: the slirp4netns contract.
+
+/// The binary in main mode on a namespace made by `ip netns add`, started through `sh` so that
+/// fd 3 is a pipe to us (the ready fd) and fd 4 the read end of a pipe whose write end we hold
+/// (for `-e 4`); its stdout and stderr go to a log file.
+struct MainMode {
+    exit_w: Option<ChildStdin>,
+    child: Child,
+    _logs: TempDir,
+}
+
+impl MainMode {
+    /// Starts `BIN -c -r 3 EXTRA... --netns-type=path /run/netns/NAME tap0` and waits for "1" on
+    /// fd 3 (panicking with the log if it does not come).
+    fn start(bin: &Path, ns: &NetnsFixture, extra: &[&str]) -> MainMode {
+        let logs = TempDir::new("tsmain");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(r#"exec 3>&1 4<&0 1>&2 0</dev/null; exec "$@""#)
+            .arg("sh")
+            .arg(bin)
+            .args(["-c", "-r", "3"])
+            .args(extra)
+            .args(["--netns-type=path", &ns.path(), "tap0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = Child::spawn_logged("main-mode binary", &mut cmd, logs.join("main.log"));
+        let exit_w = child.inner().stdin.take();
+        let ready_r = child.inner().stdout.take().expect("stdout pipe");
+        let ready = read_some_deadline("\"1\" on the ready fd", ready_r, 1, READY_DEADLINE);
+        if ready != b"1" {
+            let status = child.wait_deadline(Duration::from_secs(5));
+            panic!(
+                "ready fd gave {:?} instead of \"1\"; process {}; log:\n{}",
+                String::from_utf8_lossy(&ready),
+                describe_status(status),
+                child.log()
+            );
+        }
+        MainMode {
+            exit_w,
+            child,
+            _logs: logs,
+        }
+    }
+}
+
+fn main_prereqs() -> Option<std::path::PathBuf> {
+    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) {
+        return None;
+    }
+    tapsplice_bin()
+}
+
+// (f)
+#[test]
+fn main_mode_ready_fd_configure_and_gateway_data() {
+    let Some(bin) = main_prereqs() else { return };
+    let ns = NetnsFixture::new();
+    let main = MainMode::start(&bin, &ns, &[]);
+    let addr = ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "tap0"])
+        .stdout_str();
+    assert!(
+        addr.contains(" 10.0.2.100/24 "),
+        "tap0 not configured by -c: {addr}"
+    );
+    let route = ns.ip(&["-4", "route", "show", "default"]).stdout_str();
+    assert!(
+        route.contains("via 10.0.2.2 dev tap0"),
+        "no default route via the gateway: {route}"
+    );
+
+    let len = 8 * MIB;
+    let (up_seed, down_seed) = (61, 62);
+    let server = TestServer::start(down_seed, len);
+    let out = run_capture(
+        "python client in the namespace",
+        &mut ns.exec(PYTHON, &py_client(GATEWAY, server.port(), len, up_seed, 10)),
+        None,
+        Duration::from_secs(120),
+    );
+    out.assert_success("python client in the namespace");
+    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
+    let rec = server.wait_records(1, SHORT_DEADLINE).remove(0);
+    assert_eq!(rec.error, None);
+    assert_eq!(client_sent, pattern_digest(up_seed, len));
+    assert_eq!(rec.received, client_sent, "guest -> host bytes differ");
+    assert_eq!(rec.sent, pattern_digest(down_seed, len));
+    assert_eq!(client_recv, rec.sent, "host -> guest bytes differ");
+    drop(main);
+}
+
+// (g)
+#[test]
+fn main_mode_1000_sequential_connections_no_fd_leak() {
+    let Some(bin) = main_prereqs() else { return };
+    // Lazily opened long-lived fds (a timer, a cached socket) may appear after the baseline; a
+    // leak of 1000 flows cannot hide in this slack.
+    const FD_SLACK: usize = 4;
+    const CONNS: u32 = 1000;
+    let (len, up_seed, down_seed) = (1000u64, 71, 72);
+    let ns = NetnsFixture::new();
+    let main = MainMode::start(&bin, &ns, &[]);
+    let baseline = main.child.fd_count();
+    let server = TestServer::start(down_seed, len);
+    let out = run_capture(
+        "1000 sequential connections from the namespace",
+        &mut ns.exec(
+            PYTHON,
+            &py_many(GATEWAY, server.port(), CONNS, len, up_seed),
+        ),
+        None,
+        Duration::from_secs(240),
+    );
+    out.assert_success("python many-connections client");
+    let report = Json::last_in(&out.stdout_str());
+    assert_eq!(report.u64("conns"), u64::from(CONNS), "{report:?}");
+    let (client_sent, client_recv) = report.digests();
+    assert_eq!(
+        client_sent,
+        pattern_digest_repeated(up_seed, len, CONNS.into())
+    );
+    assert_eq!(
+        client_recv,
+        pattern_digest_repeated(down_seed, len, CONNS.into()),
+        "host -> guest bytes differ"
+    );
+    let recs = server.wait_records(CONNS as usize, SHORT_DEADLINE);
+    let (want_rx, want_tx) = (pattern_digest(up_seed, len), pattern_digest(down_seed, len));
+    for (i, r) in recs.iter().enumerate() {
+        assert!(
+            r.error.is_none() && r.received == want_rx && r.sent == want_tx,
+            "connection {i} at the server: {r:?}"
+        );
+    }
+    let after = main.child.fd_count();
+    let start = Instant::now();
+    // slirp4netns 1.2 keeps closed flows' sockets ~20 s; flows close asynchronously anyway.
+    wait_for(
+        Duration::from_secs(60),
+        &format!("fd count back to baseline {baseline} (+{FD_SLACK})"),
+        || main.child.fd_count() <= baseline + FD_SLACK,
+    );
+    eprintln!(
+        "fds: baseline {baseline}, right after {CONNS} connections {after}, settled in {:?}; client took {:?}",
+        start.elapsed(),
+        out.elapsed
+    );
+    drop(main);
+}
+
+// (h)
+#[test]
+fn main_mode_exit_fd_write_end_closed_exits_0() {
+    let Some(bin) = main_prereqs() else { return };
+    let ns = NetnsFixture::new();
+    let mut main = MainMode::start(&bin, &ns, &["-e", "4"]);
+    assert!(
+        main.child.try_status().is_none(),
+        "exited before its exit fd was closed"
+    );
+    drop(main.exit_w.take());
+    let status = main.child.wait_deadline(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "after the exit fd closed: {}\n{}",
+        describe_status(status),
+        main.child.log()
+    );
+}
+
+// (h)
+#[test]
+fn main_mode_exit_fd_not_open_exits_0() {
+    let Some(bin) = main_prereqs() else { return };
+    let ns = NetnsFixture::new();
+    // MainMode::start asserts it got ready first.
+    let mut main = MainMode::start(&bin, &ns, &["-e", "99"]);
+    let status = main.child.wait_deadline(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "with -e 99 (not open): {}\n{}",
+        describe_status(status),
+        main.child.log()
+    );
+}
+
+// (i)
+#[test]
+fn main_mode_sigterm_exits_and_removes_tap() {
+    let Some(bin) = main_prereqs() else { return };
+    let ns = NetnsFixture::new();
+    assert!(!ns.has_link("tap0"), "fresh namespace already has tap0");
+    let mut main = MainMode::start(&bin, &ns, &[]);
+    assert!(ns.has_link("tap0"), "tap0 missing while running");
+    main.child.signal(Signal::SIGTERM);
+    let status = main.child.wait_deadline(Duration::from_secs(10));
+    // A clean stop is either exit 0 (a handler that shuts down) or death by the SIGTERM itself
+    // (slirp4netns 1.2 has no handler). Anything else (another code, SIGABRT, SIGSEGV) is not.
+    assert!(
+        status.code() == Some(0) || status.signal() == Some(libc::SIGTERM),
+        "after SIGTERM: {}\n{}",
+        describe_status(status),
+        main.child.log()
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "tap0 to disappear from the namespace",
+        || !ns.has_link("tap0"),
+    );
+}
