@@ -331,3 +331,46 @@ fn gateway_means_host_loopback_and_dns_is_not_carried_yet() {
         Some(SocketAddrV4::new(REMOTE, 443))
     );
 }
+
+/// Guest frames are untrusted: any corruption of valid frames is dropped, answered or passed
+/// on, never a panic. A deterministic xorshift drives byte flips and truncations.
+#[test]
+fn corrupted_frames_never_panic() {
+    let mut stack = stack();
+    let key = FlowKey {
+        guest: SocketAddrV4::new(GUEST, 40000),
+        remote: SocketAddrV4::new(REMOTE, 80),
+    };
+    let mut guest = stack.open_guest_socket(key);
+    let seeds = [
+        arp_request(GATEWAY),
+        echo_request(GATEWAY, 9, 9, b"0123456789abcdef"),
+        tcp_segment(REMOTE, 80, TcpFlags::SYN, 1, 0),
+        tcp_segment(REMOTE, 80, TcpFlags::ACK | TcpFlags::PSH, 2, 1),
+        tcp_segment(GATEWAY, 22, TcpFlags::FIN | TcpFlags::ACK, 3, 1),
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..20_000u64 {
+        let mut frame = seeds[(round % seeds.len() as u64) as usize].clone();
+        for _ in 0..(1 + next() % 4) {
+            let at = (next() % frame.len() as u64) as usize;
+            frame[at] ^= (next() % 255 + 1) as u8;
+        }
+        if next() % 4 == 0 {
+            frame.truncate((next() % frame.len() as u64) as usize);
+        }
+        let now = Instant::from_millis(round as i64);
+        match feed(&mut stack, &frame) {
+            Ingress::Tcp { key: k, .. } if k == key => stack.deliver(now, Some(&mut guest)),
+            Ingress::Tcp { .. } => stack.deliver(now, None),
+            _ => {}
+        }
+        take_frames(&mut stack);
+    }
+}

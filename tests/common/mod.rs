@@ -13,7 +13,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -1206,14 +1205,17 @@ pub fn with_python(args: Vec<String>) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Reports.
 
-/// A flat JSON object (string, number, bool or null values), as the helper prints.
+/// A JSON object printed by a helper (one line of its output).
 #[derive(Debug, Clone)]
-pub struct Json(BTreeMap<String, String>);
+pub struct Json(serde_json::Value);
 
 impl Json {
-    /// Parses one flat JSON object. Panics with the input on malformed text.
+    /// Parses one JSON object. Panics with the input on malformed text.
     pub fn parse(s: &str) -> Json {
-        parse_flat_json(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+        let value: serde_json::Value =
+            serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"));
+        assert!(value.is_object(), "not a JSON object: {s}");
+        Json(value)
     }
 
     /// The last line of `out` that starts with `{`, parsed.
@@ -1226,29 +1228,32 @@ impl Json {
         Json::parse(line.trim())
     }
 
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str)
-    }
-
-    pub fn str(&self, k: &str) -> &str {
-        self.get(k)
+    fn field(&self, k: &str) -> &serde_json::Value {
+        self.0
+            .get(k)
             .unwrap_or_else(|| panic!("no {k:?} in {self:?}"))
     }
 
+    pub fn str(&self, k: &str) -> &str {
+        self.field(k)
+            .as_str()
+            .unwrap_or_else(|| panic!("{k:?} not a string in {self:?}"))
+    }
+
     pub fn i64(&self, k: &str) -> i64 {
-        self.str(k)
-            .parse()
-            .unwrap_or_else(|e| panic!("{k:?} not an integer ({e}) in {self:?}"))
+        self.field(k)
+            .as_i64()
+            .unwrap_or_else(|| panic!("{k:?} not an integer in {self:?}"))
     }
 
     pub fn u64(&self, k: &str) -> u64 {
-        self.str(k)
-            .parse()
-            .unwrap_or_else(|e| panic!("{k:?} not an unsigned integer ({e}) in {self:?}"))
+        self.field(k)
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k:?} not an unsigned integer in {self:?}"))
     }
 
     pub fn ok(&self) -> bool {
-        self.get("ok") == Some("true")
+        self.0.get("ok").and_then(serde_json::Value::as_bool) == Some(true)
     }
 
     /// `(sent, received)` digests of a successful exchange; panics with the report otherwise.
@@ -1264,78 +1269,5 @@ impl Json {
                 sha: self.str("recv_sha").to_string(),
             },
         )
-    }
-}
-
-fn parse_flat_json(s: &str) -> Result<Json, String> {
-    let mut chars = s.trim().chars().peekable();
-    let mut map = BTreeMap::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while c.peek().is_some_and(|x| x.is_whitespace()) {
-            c.next();
-        }
-    };
-    fn string(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
-        if c.next() != Some('"') {
-            return Err("expected string".into());
-        }
-        let mut out = String::new();
-        loop {
-            match c.next().ok_or("unterminated string")? {
-                '"' => return Ok(out),
-                '\\' => match c.next().ok_or("bad escape")? {
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    'b' => out.push('\u{8}'),
-                    'f' => out.push('\u{c}'),
-                    'u' => {
-                        let h: String = (0..4).filter_map(|_| c.next()).collect();
-                        let v = u32::from_str_radix(&h, 16).map_err(|e| e.to_string())?;
-                        out.push(char::from_u32(v).unwrap_or('\u{fffd}'));
-                    }
-                    x => out.push(x),
-                },
-                x => out.push(x),
-            }
-        }
-    }
-    if chars.next() != Some('{') {
-        return Err("expected {".into());
-    }
-    skip_ws(&mut chars);
-    if chars.peek() == Some(&'}') {
-        return Ok(Json(map));
-    }
-    loop {
-        skip_ws(&mut chars);
-        let k = string(&mut chars)?;
-        skip_ws(&mut chars);
-        if chars.next() != Some(':') {
-            return Err("expected :".into());
-        }
-        skip_ws(&mut chars);
-        let v = if chars.peek() == Some(&'"') {
-            string(&mut chars)?
-        } else {
-            let mut v = String::new();
-            while chars
-                .peek()
-                .is_some_and(|x| !matches!(x, ',' | '}') && !x.is_whitespace())
-            {
-                v.push(chars.next().unwrap());
-            }
-            if v.is_empty() {
-                return Err(format!("empty value for {k}"));
-            }
-            v
-        };
-        map.insert(k, v);
-        skip_ws(&mut chars);
-        match chars.next() {
-            Some(',') => continue,
-            Some('}') => return Ok(Json(map)),
-            _ => return Err("expected , or }".into()),
-        }
     }
 }
