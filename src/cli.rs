@@ -77,6 +77,12 @@ enum Opt {
     UsernsPath,
     MacAddress,
     TargetType,
+    OutboundAddr,
+    OutboundAddr6,
+    DisableDns,
+    DnsUpstream,
+    ResolvConf,
+    UdpTimeout,
     Debug,
     Help,
     Version,
@@ -112,144 +118,48 @@ const fn spec(
     }
 }
 
-/// The options, in slirp4netns's `--help` order.
+/// The options, in slirp4netns's `--help` order (ours after its).
+#[rustfmt::skip]
 const OPTIONS: &[OptSpec] = &[
-    spec(
-        "configure",
-        Some('c'),
-        false,
-        Opt::Configure,
-        Some(("-c, --configure", "bring up the interface")),
-        false,
-    ),
-    spec(
-        "exit-fd",
-        Some('e'),
-        true,
-        Opt::ExitFd,
-        Some((
-            "-e, --exit-fd=FD",
-            "specify the FD for terminating tapsplice",
-        )),
-        false,
-    ),
-    spec(
-        "ready-fd",
-        Some('r'),
-        true,
-        Opt::ReadyFd,
-        Some((
-            "-r, --ready-fd=FD",
-            "specify the FD to write to when the network is configured",
-        )),
-        false,
-    ),
-    spec(
-        "mtu",
-        Some('m'),
-        true,
-        Opt::Mtu,
-        Some(("-m, --mtu=MTU", "specify MTU (default=1500, max=65521)")),
-        true,
-    ),
-    spec(
-        "cidr",
-        None,
-        true,
-        Opt::Cidr,
-        Some((
-            "--cidr=CIDR",
-            "specify network address CIDR (default=10.0.2.0/24)",
-        )),
-        true,
-    ),
-    spec(
-        "disable-host-loopback",
-        None,
-        false,
-        Opt::DisableHostLoopback,
-        Some((
-            "--disable-host-loopback",
-            "prohibit connecting to 127.0.0.1:* on the host namespace",
-        )),
-        true,
-    ),
-    spec(
-        "no-host-loopback",
-        None,
-        false,
-        Opt::NoHostLoopback,
-        None,
-        true,
-    ),
-    spec(
-        "netns-type",
-        None,
-        true,
-        Opt::NetnsType,
-        Some((
-            "--netns-type=TYPE",
-            "specify network namespace type ([path|pid], default=pid)",
-        )),
-        false,
-    ),
-    spec(
-        "userns-path",
-        None,
-        true,
-        Opt::UsernsPath,
-        Some(("--userns-path=PATH", "specify user namespace path")),
-        false,
-    ),
-    spec(
-        "macaddress",
-        None,
-        true,
-        Opt::MacAddress,
-        Some((
-            "--macaddress=MAC",
-            "specify the MAC address of the TAP (only valid with -c)",
-        )),
-        true,
-    ),
-    spec(
-        "target-type",
-        None,
-        true,
-        Opt::TargetType,
-        Some((
-            "--target-type=TYPE",
-            "specify the target type ([netns], default=netns)",
-        )),
-        false,
-    ),
-    spec(
-        "debug",
-        None,
-        false,
-        Opt::Debug,
-        Some((
-            "--debug",
-            "log flows and decisions to stderr (or set RUST_LOG)",
-        )),
-        true,
-    ),
-    spec(
-        "help",
-        Some('h'),
-        false,
-        Opt::Help,
-        Some(("-h, --help", "show this help and exit")),
-        true,
-    ),
-    spec(
-        "version",
-        Some('v'),
-        false,
-        Opt::Version,
-        Some(("-v, --version", "show version and exit")),
-        true,
-    ),
+    spec("configure", Some('c'), false, Opt::Configure,
+        Some(("-c, --configure", "bring up the interface")), false),
+    spec("exit-fd", Some('e'), true, Opt::ExitFd,
+        Some(("-e, --exit-fd=FD", "specify the FD for terminating tapsplice")), false),
+    spec("ready-fd", Some('r'), true, Opt::ReadyFd,
+        Some(("-r, --ready-fd=FD", "specify the FD to write to when the network is configured")), false),
+    spec("mtu", Some('m'), true, Opt::Mtu,
+        Some(("-m, --mtu=MTU", "specify MTU (default=1500, max=65521)")), true),
+    spec("cidr", None, true, Opt::Cidr,
+        Some(("--cidr=CIDR", "specify network address CIDR (default=10.0.2.0/24)")), true),
+    spec("disable-host-loopback", None, false, Opt::DisableHostLoopback,
+        Some(("--disable-host-loopback", "prohibit connecting to 127.0.0.1:* on the host namespace")), true),
+    spec("no-host-loopback", None, false, Opt::NoHostLoopback, None, true),
+    spec("netns-type", None, true, Opt::NetnsType,
+        Some(("--netns-type=TYPE", "specify network namespace type ([path|pid], default=pid)")), false),
+    spec("userns-path", None, true, Opt::UsernsPath,
+        Some(("--userns-path=PATH", "specify user namespace path")), false),
+    spec("outbound-addr", None, true, Opt::OutboundAddr,
+        Some(("--outbound-addr=IPv4", "sets outbound ipv4 address to bound to (or an interface name)")), true),
+    spec("outbound-addr6", None, true, Opt::OutboundAddr6,
+        Some(("--outbound-addr6=IPv6", "sets outbound ipv6 address to bound to (or an interface name)")), true),
+    spec("disable-dns", None, false, Opt::DisableDns,
+        Some(("--disable-dns", "disables 10.0.2.3 (or configured internal ip) to host dns redirect")), true),
+    spec("macaddress", None, true, Opt::MacAddress,
+        Some(("--macaddress=MAC", "specify the MAC address of the TAP (only valid with -c)")), true),
+    spec("target-type", None, true, Opt::TargetType,
+        Some(("--target-type=TYPE", "specify the target type ([netns], default=netns)")), false),
+    spec("dns-upstream", None, true, Opt::DnsUpstream,
+        Some(("--dns-upstream=IP[:PORT]", "relay DNS to this server, not resolv.conf's first")), true),
+    spec("resolv-conf", None, true, Opt::ResolvConf,
+        Some(("--resolv-conf=PATH", "where to read the DNS server (default=/etc/resolv.conf)")), true),
+    spec("udp-timeout", None, true, Opt::UdpTimeout,
+        Some(("--udp-timeout=SECS", "idle timeout of answered UDP flows (default=120; unanswered: 30)")), true),
+    spec("debug", None, false, Opt::Debug,
+        Some(("--debug", "log flows and decisions to stderr (or set RUST_LOG)")), true),
+    spec("help", Some('h'), false, Opt::Help,
+        Some(("-h, --help", "show this help and exit")), true),
+    spec("version", Some('v'), false, Opt::Version,
+        Some(("-v, --version", "show version and exit")), true),
 ];
 
 /// Width of the option column in `--help`, as in slirp4netns.
@@ -295,7 +205,7 @@ pub fn version_text() -> String {
     format!(
         "tapsplice version {}\n\
          slirp4netns-compatible: 1.2.0\n\
-         SLIRP_CONFIG_VERSION_MAX: 1\n",
+         SLIRP_CONFIG_VERSION_MAX: 3\n",
         env!("CARGO_PKG_VERSION")
     )
 }
@@ -448,6 +358,12 @@ struct Collected {
     netns_is_path: bool,
     userns_path: Option<PathBuf>,
     mac: Option<String>,
+    outbound_addr: Option<String>,
+    outbound_addr6: Option<String>,
+    disable_dns: bool,
+    dns_upstream: Option<String>,
+    resolv_conf: Option<PathBuf>,
+    udp_timeout: Option<String>,
     debug: bool,
     operands: Vec<String>,
 }
@@ -513,6 +429,12 @@ fn collect(scanner: &mut Scanner<'_>) -> Result<Result<Collected, Command>, CliE
                 c.userns_path = Some(PathBuf::from(value));
             }
             Opt::MacAddress => c.mac = Some(value),
+            Opt::OutboundAddr => c.outbound_addr = Some(value),
+            Opt::OutboundAddr6 => c.outbound_addr6 = Some(value),
+            Opt::DisableDns => c.disable_dns = true,
+            Opt::DnsUpstream => c.dns_upstream = Some(value),
+            Opt::ResolvConf => c.resolv_conf = Some(PathBuf::from(value)),
+            Opt::UdpTimeout => c.udp_timeout = Some(value),
             Opt::TargetType => match value.as_str() {
                 "netns" => {}
                 "bess" => {
@@ -541,8 +463,24 @@ fn net_config(c: &Collected) -> Result<NetConfig, CliError> {
     };
     let mut net = NetConfig {
         disable_host_loopback: c.disable_host_loopback,
+        disable_dns: c.disable_dns,
         ..NetConfig::default()
     };
+    if let Some(path) = &c.resolv_conf {
+        net.resolv_conf = path.clone();
+    }
+    if let Some(upstream) = &c.dns_upstream {
+        net.dns_upstream = Some(config::parse_dns_upstream(upstream).map_err(plain)?);
+    }
+    if let Some(secs) = &c.udp_timeout {
+        net.udp_timeout = config::parse_udp_timeout(secs).map_err(plain)?;
+    }
+    if let Some(addr) = &c.outbound_addr {
+        net.outbound_addr = Some(config::parse_outbound_addr(addr).map_err(plain)?);
+    }
+    if let Some(addr) = &c.outbound_addr6 {
+        net.outbound_addr6 = Some(config::parse_outbound_addr6(addr).map_err(plain)?);
+    }
     if let Some(mtu) = c.mtu {
         net.mtu = mtu;
     }

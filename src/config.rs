@@ -5,7 +5,9 @@
 //! Clients hard-code these offsets, so they are computed here and nowhere else. The parse
 //! errors carry slirp4netns's exact texts because scripts and tests match them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// A command-line value that slirp4netns would reject, with its message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +27,18 @@ pub enum ConfigError {
     /// MTU outside 68..=65521 or not a number.
     #[error("MTU must be a positive integer (< 65522)")]
     Mtu,
+    /// Neither an IPv4 address nor the name of an interface with one.
+    #[error("outbound-addr has to be valid ipv4 address or interface name.")]
+    OutboundAddr,
+    /// Neither an IPv6 address nor the name of an interface with one.
+    #[error("outbound-addr6 has to be valid ipv6 address or interface name.")]
+    OutboundAddr6,
+    /// Not `IP` or `IP:PORT` / `[IPv6]:PORT`.
+    #[error("dns-upstream has to be an IP address, optionally with :PORT")]
+    DnsUpstream,
+    /// Not a positive number of seconds.
+    #[error("udp-timeout must be a positive number of seconds")]
+    UdpTimeout,
     /// Not six colon-separated hex octets, or not a unicast address.
     #[error(
         "\"{0}\" is an invalid MAC address.\nmacaddress has to be a valid MAC address (hex string, 6 bytes, each byte separated by a ':')."
@@ -49,7 +63,27 @@ pub struct NetConfig {
     pub disable_host_loopback: bool,
     /// MAC for the guest's TAP device when we configure it.
     pub guest_mac: Option<[u8; 6]>,
+    /// N+3 does not answer DNS at all.
+    pub disable_dns: bool,
+    /// Relay DNS here instead of to the first nameserver of `resolv_conf`.
+    pub dns_upstream: Option<SocketAddr>,
+    /// Where the host's resolver configuration is read from (re-read when it changes).
+    pub resolv_conf: PathBuf,
+    /// Idle timeout of a UDP flow that has seen replies; one without replies expires after
+    /// [`UDP_UNREPLIED_TIMEOUT`] (or this, if shorter).
+    pub udp_timeout: Duration,
+    /// Source address for IPv4 host sockets (`--outbound-addr`).
+    pub outbound_addr: Option<Ipv4Addr>,
+    /// Source address for IPv6 host sockets (`--outbound-addr6`).
+    pub outbound_addr6: Option<Ipv6Addr>,
 }
+
+/// Idle timeout of a UDP flow that has seen replies (nf_conntrack_udp_timeout_stream).
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle timeout of a UDP flow without replies (nf_conntrack_udp_timeout).
+pub const UDP_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle timeout of an ICMP echo flow (nf_conntrack_icmp_timeout).
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -59,6 +93,12 @@ impl Default for NetConfig {
             mtu: DEFAULT_MTU,
             disable_host_loopback: false,
             guest_mac: None,
+            disable_dns: false,
+            dns_upstream: None,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
+            outbound_addr: None,
+            outbound_addr6: None,
         }
     }
 }
@@ -147,6 +187,64 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
         return Err(bad());
     }
     Ok(mac)
+}
+
+/// Parses `--dns-upstream`: `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 53.
+pub fn parse_dns_upstream(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| ConfigError::DnsUpstream)
+}
+
+/// Parses `--udp-timeout` (seconds).
+pub fn parse_udp_timeout(text: &str) -> Result<Duration, ConfigError> {
+    match text.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(ConfigError::UdpTimeout),
+    }
+}
+
+/// Parses `--outbound-addr`: an IPv4 address, or an interface whose first IPv4 address is used.
+pub fn parse_outbound_addr(text: &str) -> Result<Ipv4Addr, ConfigError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    interface_address(text, |a| match a {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    })
+    .ok_or(ConfigError::OutboundAddr)
+}
+
+/// Parses `--outbound-addr6`: an IPv6 address, or an interface whose first global IPv6
+/// address is used.
+pub fn parse_outbound_addr6(text: &str) -> Result<Ipv6Addr, ConfigError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    interface_address(text, |a| match a {
+        std::net::IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(v6),
+        _ => None,
+    })
+    .ok_or(ConfigError::OutboundAddr6)
+}
+
+fn interface_address<T>(name: &str, pick: impl Fn(std::net::IpAddr) -> Option<T>) -> Option<T> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let addr = ifa.address?;
+        let ip = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+            (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+            (_, Some(v6)) => std::net::IpAddr::V6(v6.ip()),
+            _ => return None,
+        };
+        pick(ip)
+    })
 }
 
 #[cfg(test)]

@@ -108,13 +108,14 @@ impl EventLoop {
             None => None,
         };
         let clock = Clock(std::time::Instant::now());
+        let flows = FlowTable::new(cfg.clone());
         let stack = Stack::new(cfg, clock.now());
         Ok(EventLoop {
             poll,
             clock,
             tap,
             stack,
-            flows: FlowTable::default(),
+            flows,
             signals,
             _exit_fd: exit_fd,
             exit_fd_missing,
@@ -180,13 +181,12 @@ impl EventLoop {
                             return Ok(Outcome::ChildExited(child.reap()));
                         }
                     }
-                    token => {
-                        if let Some(index) = FlowTable::index_of(token) {
-                            let registry = self.poll.registry();
-                            self.flows
-                                .on_host_event(now, &mut self.stack, registry, index);
-                        }
+                    token if FlowTable::owns(token) => {
+                        let registry = self.poll.registry();
+                        self.flows
+                            .on_host_event(now, &mut self.stack, registry, token);
                     }
+                    _ => {}
                 }
             }
             if self.tap_readable {
@@ -211,9 +211,14 @@ impl EventLoop {
                 Err(e) => return Err(io::Error::from(e)),
             };
             let registry = self.poll.registry();
-            if let Ingress::Tcp { key, opens } = self.stack.classify(now, len) {
-                self.flows
-                    .on_guest_segment(now, &mut self.stack, registry, key, opens);
+            let stack = &mut self.stack;
+            match stack.classify(now, len) {
+                Ingress::Tcp { key, opens } => self
+                    .flows
+                    .on_guest_segment(now, stack, registry, key, opens),
+                Ingress::Udp { key } => self.flows.on_guest_datagram(now, stack, registry, key),
+                Ingress::Echo(request) => self.flows.on_guest_echo(now, stack, registry, request),
+                Ingress::Handled | Ingress::Dropped(_) => {}
             }
         }
         self.flows

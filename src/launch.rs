@@ -14,6 +14,7 @@ use nix::unistd::Uid;
 use crate::cli::{AttachOptions, RunOptions, Target};
 use crate::config::NetConfig;
 use crate::event_loop::{EventLoop, Outcome};
+use crate::flow::first_nameserver;
 use crate::sys::ifconfig::IfControl;
 use crate::sys::netns::{NsTarget, open_in_namespaces};
 use crate::sys::process::{IsolatedChild, inherited_fd, set_cloexec};
@@ -75,7 +76,9 @@ pub fn attach(opts: &AttachOptions) -> Result<u8> {
 /// the command inside it.
 pub fn run(opts: &RunOptions) -> Result<u8> {
     let own_userns = !Uid::effective().is_root();
-    let mut child = IsolatedChild::spawn(&opts.command, own_userns).context("create namespaces")?;
+    let resolv_conf = ContainerResolvConf::for_config(&opts.net)?;
+    let mut child = IsolatedChild::spawn(&opts.command, own_userns, resolv_conf.path())
+        .context("create namespaces")?;
     let target = NsTarget::of_pid(child.pid());
     let tap = match open_tap_in(&target, "tap0", Some(&opts.net)) {
         Ok(tap) => tap,
@@ -94,6 +97,40 @@ pub fn run(opts: &RunOptions) -> Result<u8> {
         Outcome::Signal(sig) => 128 + sig as u8,
         Outcome::ExitFd => 0,
     })
+}
+
+/// The resolv.conf `tapsplice run` gives its command, when the host's cannot serve it: the
+/// host's names a loopback resolver (unreachable from the container's own loopback), or DNS
+/// goes to an upstream named on the command line. It points at N+3. Removed on drop.
+struct ContainerResolvConf(Option<std::path::PathBuf>);
+
+impl ContainerResolvConf {
+    fn for_config(net: &NetConfig) -> Result<Self> {
+        let host_ok = std::fs::read_to_string(&net.resolv_conf)
+            .ok()
+            .and_then(|text| first_nameserver(&text))
+            .is_some_and(|ns| !ns.ip().is_loopback());
+        if net.disable_dns || (host_ok && net.dns_upstream.is_none()) {
+            return Ok(ContainerResolvConf(None));
+        }
+        let path =
+            std::env::temp_dir().join(format!("tapsplice-resolv-{}.conf", std::process::id()));
+        std::fs::write(&path, format!("nameserver {}\n", net.dns()))
+            .with_context(|| format!("write {}", path.display()))?;
+        Ok(ContainerResolvConf(Some(path)))
+    }
+
+    fn path(&self) -> Option<&std::path::Path> {
+        self.0.as_deref()
+    }
+}
+
+impl Drop for ContainerResolvConf {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Opens TAP `name` inside the target namespaces and, with `configure`, sets it up as

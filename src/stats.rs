@@ -16,15 +16,18 @@ pub enum DropReason {
     NotOurs,
     /// A new flow while the flow table was full.
     FlowLimit,
+    /// Switched off by an option (`--disable-dns`).
+    Disabled,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Malformed,
         DropReason::BadChecksum,
         DropReason::Unsupported,
         DropReason::NotOurs,
         DropReason::FlowLimit,
+        DropReason::Disabled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::NotOurs => "not_ours",
             DropReason::FlowLimit => "flow_limit",
+            DropReason::Disabled => "disabled",
         }
     }
 }
@@ -81,4 +85,8 @@ pub struct FlowCounters {
     pub reset: u64,
     /// Ended by FIN both ways.
     pub closed: u64,
+    /// UDP flows opened.
+    pub udp_opened: u64,
+    /// UDP flows ended by their idle timeout.
+    pub udp_expired: u64,
 }

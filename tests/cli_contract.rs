@@ -50,6 +50,9 @@ const ADVERTISED_NOW: &[&str] = &[
     "--ready-fd",
     "--exit-fd",
     "--macaddress",
+    "--outbound-addr",
+    "--outbound-addr6",
+    "--disable-dns",
 ];
 
 struct Outcome {
@@ -291,19 +294,6 @@ fn help_does_not_advertise_enable_seccomp_yet() {
 fn help_does_not_advertise_enable_ipv6_yet() {
     // Flipped by the issue that lands -6/--enable-ipv6.
     assert_not_advertised("--enable-ipv6");
-}
-
-#[test]
-fn help_does_not_advertise_outbound_addr_yet() {
-    // Flipped by the issue that lands --outbound-addr and --outbound-addr6 (this substring
-    // covers both).
-    assert_not_advertised("--outbound-addr");
-}
-
-#[test]
-fn help_does_not_advertise_disable_dns_yet() {
-    // Flipped by the issue that lands --disable-dns.
-    assert_not_advertised("--disable-dns");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -92,6 +92,38 @@ impl FrameDevice {
         Some(self.tx.push_with(len, |out| fill(rx, out)))
     }
 
+    /// Queues a frame of up to `max_len` bytes built by `fill`, which returns the length it
+    /// used (or `None` to queue nothing). Lets a host socket read straight into a frame.
+    pub fn emit_sized(
+        &mut self,
+        max_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let mut buf = self.tx.free.pop().unwrap_or_default();
+        if buf.len() < max_len {
+            buf.resize(max_len, 0);
+        }
+        match fill(&mut buf[..max_len]) {
+            Some(len) if len <= max_len => {
+                self.tx.ready.push_back((buf, len));
+                Some(len)
+            }
+            _ => {
+                self.tx.free.push(buf);
+                None
+            }
+        }
+    }
+
+    /// Whether the queue to the TAP has room for another frame.
+    pub fn has_tx_room(&self) -> bool {
+        self.tx.ready.len() < TX_QUEUE_LIMIT
+    }
+
+    pub fn frame_mtu(&self) -> usize {
+        self.frame_mtu
+    }
+
     /// The oldest frame waiting for the TAP.
     pub fn front_tx(&self) -> Option<&[u8]> {
         self.tx.ready.front().map(|(buf, len)| &buf[..*len])

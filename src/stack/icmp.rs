@@ -1,24 +1,25 @@
 //! ICMP that the stack answers itself: echo replies for the gateway and DNS addresses, and
-//! "network unreachable" for connections the configuration forbids.
+//! "destination unreachable" for datagrams it refuses (by policy, or because the host side
+//! could not deliver them).
 //!
 //! These are built by hand from the received frame rather than by smoltcp: in any-IP mode
 //! smoltcp would answer pings for every address, and it has no notion of refusing a
 //! destination by policy. Replies copy what they quote from the guest's frame, so the guest
 //! kernel matches them to its socket exactly.
 
-use smoltcp::phy::ChecksumCapabilities;
+use std::net::Ipv4Addr;
+
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Message,
-    Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv4Repr,
+    EthernetAddress, EthernetFrame, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpProtocol,
+    Ipv4Packet,
 };
 
 use super::device::{ETHERNET_HEADER_LEN, FrameDevice};
+use super::emit::{self, Link};
 use crate::config::NetConfig;
 
 /// Hop limit of packets the stack originates.
 const HOP_LIMIT: u8 = 64;
-/// ICMP header: type, code, checksum, and 4 bytes of rest-of-header.
-const ICMP_HEADER_LEN: usize = 8;
 /// How much of the offending datagram's payload an ICMP error quotes (RFC 792).
 const QUOTED_PAYLOAD_LEN: usize = 8;
 
@@ -70,50 +71,36 @@ fn echo_request_len(frame: &[u8]) -> Option<usize> {
     Some(ETHERNET_HEADER_LEN + usize::from(ip.total_len()))
 }
 
-/// Answers the IPv4 datagram held in `device` with ICMP "destination network unreachable"
-/// from the gateway address.
-pub fn reply_net_unreachable(device: &mut FrameDevice, cfg: &NetConfig) {
+/// Answers the IPv4 datagram held in `device` with ICMP "destination unreachable" (`reason`)
+/// from `from`, quoting the datagram's IP header and first 8 payload bytes.
+pub fn reply_unreachable(
+    device: &mut FrameDevice,
+    cfg: &NetConfig,
+    from: Ipv4Addr,
+    reason: Icmpv4DstUnreachable,
+) {
     let Some(frame) = device.received() else {
         return;
     };
-    let Some(quoted_len) = quoted_len(frame) else {
+    let Some((guest, guest_mac, quote_len)) = quote_of(frame) else {
         return;
     };
-    let ip_payload_len = ICMP_HEADER_LEN + quoted_len;
-    let len = ETHERNET_HEADER_LEN + 20 + ip_payload_len;
-    let gateway_mac = EthernetAddress(cfg.gateway_mac());
-    let gateway = cfg.gateway();
-    device.emit_reply(len, |rx, out| {
-        let rx_eth = EthernetFrame::new_unchecked(rx);
-        let rx_ip = Ipv4Packet::new_unchecked(rx_eth.payload());
-        let mut eth = EthernetFrame::new_unchecked(&mut *out);
-        eth.set_dst_addr(rx_eth.src_addr());
-        eth.set_src_addr(gateway_mac);
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let repr = Ipv4Repr {
-            src_addr: gateway,
-            dst_addr: rx_ip.src_addr(),
-            next_header: IpProtocol::Icmp,
-            payload_len: ip_payload_len,
-            hop_limit: HOP_LIMIT,
-        };
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        repr.emit(&mut ip, &ChecksumCapabilities::default());
-        let mut icmp = Icmpv4Packet::new_unchecked(ip.payload_mut());
-        icmp.set_msg_type(Icmpv4Message::DstUnreachable);
-        icmp.set_msg_code(Icmpv4DstUnreachable::NetUnreachable.into());
-        // Bytes 4..8 are unused for this message and must be zero.
-        icmp.set_echo_ident(0);
-        icmp.set_echo_seq_no(0);
-        icmp.data_mut()[..quoted_len].copy_from_slice(&rx_eth.payload()[..quoted_len]);
-        icmp.fill_checksum();
-    });
+    let mut quote = [0u8; MAX_QUOTE_LEN];
+    quote[..quote_len].copy_from_slice(&frame[ETHERNET_HEADER_LEN..][..quote_len]);
+    let link = Link {
+        src: EthernetAddress(cfg.gateway_mac()),
+        dst: guest_mac,
+    };
+    emit::unreachable(device, link, (from, guest), reason, &quote[..quote_len]);
 }
 
-/// How many bytes of the datagram in `frame` an ICMP error quotes: its IP header and the
-/// first 8 bytes of its payload.
-fn quoted_len(frame: &[u8]) -> Option<usize> {
+/// IPv4 header (at most 60 bytes) plus 8 bytes of payload.
+const MAX_QUOTE_LEN: usize = 68;
+
+/// The sender of the datagram in `frame`, its MAC, and how many bytes an ICMP error quotes.
+fn quote_of(frame: &[u8]) -> Option<(Ipv4Addr, EthernetAddress, usize)> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    Some(usize::from(ip.header_len()) + ip.payload().len().min(QUOTED_PAYLOAD_LEN))
+    let len = usize::from(ip.header_len()) + ip.payload().len().min(QUOTED_PAYLOAD_LEN);
+    Some((ip.src_addr(), eth.src_addr(), len.min(MAX_QUOTE_LEN)))
 }

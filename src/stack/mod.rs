@@ -17,25 +17,35 @@
 //! here (module `icmp`), not by smoltcp.
 
 mod device;
+mod dhcp;
+mod emit;
 mod icmp;
 mod tcp;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr,
-    IpProtocol, Ipv4Packet, TcpPacket,
+    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpCidr, IpProtocol, Ipv4Packet, TcpPacket,
+    UdpPacket,
 };
 
 pub use device::{ETHERNET_HEADER_LEN, FrameDevice};
+pub use smoltcp::wire::Icmpv4DstUnreachable as Unreachable;
+
+/// The DNS port at N+3.
+pub const DNS_PORT: u16 = 53;
 pub use tcp::GuestSocket;
 
 use crate::config::NetConfig;
 use crate::stats::{Counters, DropReason};
 
-/// One TCP connection between the guest and a remote endpoint, as the guest addresses it.
+/// One TCP connection or UDP flow between the guest and a remote endpoint, as the guest
+/// addresses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub guest: SocketAddrV4,
@@ -48,11 +58,28 @@ pub enum Ingress {
     /// A TCP segment of flow `key`; `opens` when it is a bare SYN (a new connection).
     /// The frame stays in the device until [`Stack::deliver`].
     Tcp { key: FlowKey, opens: bool },
+    /// A UDP datagram of flow `key`; its payload is [`Stack::received_payload`].
+    Udp { key: FlowKey },
+    /// An ICMP echo request to a remote host; its data is [`Stack::received_payload`].
+    Echo(EchoRequest),
     /// The stack dealt with the frame itself (ARP, ping to the gateway, a refusal).
     Handled,
     /// The frame was dropped and counted.
     Dropped(DropReason),
 }
+
+/// An ICMP echo request from the guest to an address that is not ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoRequest {
+    pub guest: Ipv4Addr,
+    pub remote: Ipv4Addr,
+    pub ident: u16,
+    pub seq_no: u16,
+}
+
+/// Guest addresses whose MAC we remember for frames we originate (one guest normally has
+/// one or two); past this the table starts over.
+const GUEST_MAC_LIMIT: usize = 16;
 
 /// The guest-facing stack of one tapsplice instance.
 pub struct Stack {
@@ -61,6 +88,11 @@ pub struct Stack {
     device: FrameDevice,
     /// The socket set for frames that belong to no flow.
     no_sockets: SocketSet<'static>,
+    dhcp: dhcp::DhcpServer,
+    /// The MAC each guest address last sent from, for UDP and ICMP frames we build.
+    guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Where the UDP payload or echo data of the received frame is.
+    rx_payload: Range<usize>,
     pub counters: Counters,
 }
 
@@ -86,6 +118,9 @@ impl Stack {
             iface,
             device,
             no_sockets: SocketSet::new(Vec::new()),
+            dhcp: dhcp::DhcpServer::default(),
+            guest_macs: HashMap::new(),
+            rx_payload: 0..0,
             counters: Counters::default(),
         }
     }
@@ -148,54 +183,248 @@ impl Stack {
 
     fn classify_ipv4(&mut self, now: Instant) -> Ingress {
         let frame = self.device.received().unwrap_or_default();
-        let Ok(ip) = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]) else {
+        let Some(eth) = EthernetFrame::new_checked(frame).ok() else {
+            return Ingress::Dropped(DropReason::Malformed);
+        };
+        let guest_mac = eth.src_addr();
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
             return Ingress::Dropped(DropReason::Malformed);
         };
         if !ip.verify_checksum() {
             return Ingress::Dropped(DropReason::BadChecksum);
         }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return Ingress::Dropped(DropReason::Unsupported);
+        }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let l4_at = ETHERNET_HEADER_LEN + usize::from(ip.header_len());
         match ip.next_header() {
-            IpProtocol::Tcp => {
-                let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-                    return Ingress::Dropped(DropReason::Malformed);
-                };
-                let key = FlowKey {
-                    guest: SocketAddrV4::new(src, tcp.src_port()),
-                    remote: SocketAddrV4::new(dst, tcp.dst_port()),
-                };
-                let opens = tcp.syn() && !tcp.ack() && !tcp.rst();
-                if !opens {
-                    return Ingress::Tcp { key, opens };
-                }
-                // A SYN makes a host connection, so check it whole before believing it.
-                if !tcp.verify_checksum(&src.into(), &dst.into()) {
-                    return Ingress::Dropped(DropReason::BadChecksum);
-                }
-                if dst == self.cfg.gateway() && self.cfg.disable_host_loopback {
-                    // What slirp4netns clients see: connect() fails at once, ENETUNREACH.
-                    icmp::reply_net_unreachable(&mut self.device, &self.cfg);
-                    self.device.discard_received();
-                    self.counters.refused_host_loopback += 1;
-                    return Ingress::Handled;
-                }
-                Ingress::Tcp { key, opens }
+            IpProtocol::Tcp => self.classify_tcp(src, dst, l4_at),
+            IpProtocol::Udp => {
+                self.remember_guest(src, guest_mac);
+                self.classify_udp(src, dst, l4_at)
             }
-            IpProtocol::Icmp if self.cfg.is_own_address(dst) => {
-                if icmp::reply_echo(&mut self.device, &self.cfg) {
-                    self.device.discard_received();
-                    Ingress::Handled
-                } else {
-                    Ingress::Dropped(DropReason::Unsupported)
-                }
+            IpProtocol::Icmp => {
+                self.remember_guest(src, guest_mac);
+                self.classify_icmp(src, dst, l4_at)
             }
-            IpProtocol::Icmp => Ingress::Dropped(DropReason::Unsupported),
             _ => {
                 // smoltcp answers "protocol unreachable", so the guest fails fast.
                 self.deliver(now, None);
                 Ingress::Handled
             }
         }
+    }
+
+    /// The layer-4 bytes of the received frame, from `at` to the end of its IP datagram.
+    fn l4(&self, at: usize) -> &[u8] {
+        let frame = self.device.received().unwrap_or_default();
+        let ip_end = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..])
+            .map(|ip| ETHERNET_HEADER_LEN + usize::from(ip.total_len()))
+            .unwrap_or(at);
+        frame.get(at..ip_end).unwrap_or_default()
+    }
+
+    fn classify_tcp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, at: usize) -> Ingress {
+        let Ok(tcp) = TcpPacket::new_checked(self.l4(at)) else {
+            return Ingress::Dropped(DropReason::Malformed);
+        };
+        let key = FlowKey {
+            guest: SocketAddrV4::new(src, tcp.src_port()),
+            remote: SocketAddrV4::new(dst, tcp.dst_port()),
+        };
+        let opens = tcp.syn() && !tcp.ack() && !tcp.rst();
+        if !opens {
+            return Ingress::Tcp { key, opens };
+        }
+        // A SYN makes a host connection, so check it whole before believing it.
+        if !tcp.verify_checksum(&src.into(), &dst.into()) {
+            return Ingress::Dropped(DropReason::BadChecksum);
+        }
+        if let Some(verdict) = self.refuse_by_policy(dst, key.remote.port()) {
+            return verdict;
+        }
+        Ingress::Tcp { key, opens }
+    }
+
+    fn classify_udp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, at: usize) -> Ingress {
+        let Ok(udp) = UdpPacket::new_checked(self.l4(at)) else {
+            return Ingress::Dropped(DropReason::Malformed);
+        };
+        // A zero checksum means "none" in IPv4.
+        if udp.checksum() != 0 && !udp.verify_checksum(&src.into(), &dst.into()) {
+            return Ingress::Dropped(DropReason::BadChecksum);
+        }
+        let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
+        let payload_len = udp.payload().len();
+        if dst_port == dhcp::SERVER_PORT && src_port == dhcp::CLIENT_PORT {
+            return if self.dhcp.handle(&mut self.device, &self.cfg) {
+                Ingress::Handled
+            } else {
+                Ingress::Dropped(DropReason::Malformed)
+            };
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || src.is_unspecified()
+        {
+            return Ingress::Dropped(DropReason::Unsupported);
+        }
+        if let Some(verdict) = self.refuse_by_policy(dst, dst_port) {
+            return verdict;
+        }
+        let payload_at = at + emit::UDP_HEADER_LEN;
+        self.rx_payload = payload_at..payload_at + payload_len;
+        Ingress::Udp {
+            key: FlowKey {
+                guest: SocketAddrV4::new(src, src_port),
+                remote: SocketAddrV4::new(dst, dst_port),
+            },
+        }
+    }
+
+    fn classify_icmp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, at: usize) -> Ingress {
+        if self.cfg.is_own_address(dst) {
+            return if icmp::reply_echo(&mut self.device, &self.cfg) {
+                Ingress::Handled
+            } else {
+                Ingress::Dropped(DropReason::Unsupported)
+            };
+        }
+        let Ok(packet) = Icmpv4Packet::new_checked(self.l4(at)) else {
+            return Ingress::Dropped(DropReason::Malformed);
+        };
+        if !packet.verify_checksum() {
+            return Ingress::Dropped(DropReason::BadChecksum);
+        }
+        if packet.msg_type() != Icmpv4Message::EchoRequest || packet.msg_code() != 0 {
+            return Ingress::Dropped(DropReason::Unsupported);
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+            return Ingress::Dropped(DropReason::Unsupported);
+        }
+        let data_at = at + emit::ICMP_HEADER_LEN;
+        let request = EchoRequest {
+            guest: src,
+            remote: dst,
+            ident: packet.echo_ident(),
+            seq_no: packet.echo_seq_no(),
+        };
+        let data_len = packet.data().len();
+        self.rx_payload = data_at..data_at + data_len;
+        Ingress::Echo(request)
+    }
+
+    /// What the configuration says about a new connection or datagram to `dst:port`:
+    /// `None` to let it through.
+    fn refuse_by_policy(&mut self, dst: Ipv4Addr, port: u16) -> Option<Ingress> {
+        if dst == self.cfg.gateway() && self.cfg.disable_host_loopback {
+            // What slirp4netns clients see: connect() fails at once, ENETUNREACH.
+            let gateway = self.cfg.gateway();
+            icmp::reply_unreachable(
+                &mut self.device,
+                &self.cfg,
+                gateway,
+                Icmpv4DstUnreachable::NetUnreachable,
+            );
+            self.device.discard_received();
+            self.counters.refused_host_loopback += 1;
+            return Some(Ingress::Handled);
+        }
+        if dst == self.cfg.dns() && port == DNS_PORT && self.cfg.disable_dns {
+            // `--disable-dns`: no answer at all, as slirp4netns.
+            return Some(Ingress::Dropped(DropReason::Disabled));
+        }
+        None
+    }
+
+    fn remember_guest(&mut self, addr: Ipv4Addr, mac: EthernetAddress) {
+        if self.guest_macs.get(&addr) != Some(&mac) {
+            if self.guest_macs.len() >= GUEST_MAC_LIMIT {
+                self.guest_macs.clear();
+            }
+            self.guest_macs.insert(addr, mac);
+        }
+    }
+
+    /// The UDP payload or ICMP echo data of the frame [`Stack::classify`] just looked at.
+    pub fn received_payload(&self) -> &[u8] {
+        self.device
+            .received()
+            .and_then(|frame| frame.get(self.rx_payload.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Forgets the received frame once its payload was taken.
+    pub fn consume_received(&mut self) {
+        self.device.discard_received();
+    }
+
+    fn link_to(&self, guest: Ipv4Addr) -> emit::Link {
+        emit::Link {
+            src: EthernetAddress(self.cfg.gateway_mac()),
+            // Before the guest sent anything we cannot know its MAC; a broadcast frame with a
+            // unicast IP destination still reaches its IP layer.
+            dst: self
+                .guest_macs
+                .get(&guest)
+                .copied()
+                .unwrap_or(EthernetAddress::BROADCAST),
+        }
+    }
+
+    /// Whether a frame can be queued for the TAP now; a flow with data waits otherwise.
+    pub fn can_send(&self) -> bool {
+        self.device.has_tx_room()
+    }
+
+    /// The most UDP payload one frame carries.
+    pub fn udp_payload_capacity(&self) -> usize {
+        emit::udp_payload_capacity(&self.device)
+    }
+
+    /// Sends a UDP datagram `from` -> `to` (the guest) whose payload `fill` writes in place
+    /// (returning its length, or `None` to send nothing). Returns the payload length.
+    pub fn send_udp(
+        &mut self,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let link = self.link_to(*to.ip());
+        let sent = emit::udp(&mut self.device, link, from, to, fill);
+        if sent.is_none() {
+            self.counters.drop(DropReason::Unsupported);
+        }
+        sent
+    }
+
+    /// Tells the guest that its datagrams of flow `key` cannot be delivered (an ICMP error
+    /// that arrived on the host socket after the datagram was sent).
+    pub fn send_udp_unreachable(&mut self, key: FlowKey, reason: Icmpv4DstUnreachable) {
+        let link = self.link_to(*key.guest.ip());
+        let quote = emit::udp_quote(key.guest, key.remote);
+        emit::unreachable(
+            &mut self.device,
+            link,
+            (*key.remote.ip(), *key.guest.ip()),
+            reason,
+            &quote,
+        );
+    }
+
+    /// Sends an echo reply for `request` whose data `fill` writes in place.
+    pub fn send_echo_reply(
+        &mut self,
+        request: EchoRequest,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let link = self.link_to(request.guest);
+        emit::echo_reply(
+            &mut self.device,
+            link,
+            (request.remote, request.guest),
+            (request.ident, request.seq_no),
+            fill,
+        )
     }
 
     /// Gives the received frame to smoltcp together with the socket set of its flow (or no
@@ -248,19 +477,6 @@ impl Stack {
 
     pub fn tx_pending(&self) -> usize {
         self.device.tx_pending()
-    }
-}
-
-/// The host the guest means when it connects to `remote`: N+2 is the host's loopback.
-/// `None` for destinations tapsplice serves itself but does not carry over TCP yet (DNS).
-pub fn host_destination(cfg: &NetConfig, remote: SocketAddrV4) -> Option<SocketAddrV4> {
-    let ip = *remote.ip();
-    if ip == cfg.gateway() {
-        Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, remote.port()))
-    } else if ip == cfg.dns() {
-        None
-    } else {
-        Some(remote)
     }
 }
 

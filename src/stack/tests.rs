@@ -11,6 +11,7 @@ use pnet_packet::icmp::{IcmpCode, IcmpPacket, IcmpTypes, MutableIcmpPacket};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv4::{self, Ipv4Packet, MutableIpv4Packet};
 use pnet_packet::tcp::{self, MutableTcpPacket, TcpFlags, TcpPacket};
+use pnet_packet::udp::{MutableUdpPacket, UdpPacket};
 use smoltcp::time::Instant;
 
 use super::*;
@@ -109,6 +110,18 @@ fn tcp_segment(dst: Ipv4Addr, dst_port: u16, flags: u8, seq: u32, ack: u32) -> V
     ipv4(dst, IpNextHeaderProtocols::Tcp, &buf)
 }
 
+fn udp_datagram(dst: Ipv4Addr, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 8 + payload.len()];
+    let mut udp = MutableUdpPacket::new(&mut buf).unwrap();
+    udp.set_source(40000);
+    udp.set_destination(dst_port);
+    udp.set_length((8 + payload.len()) as u16);
+    udp.set_payload(payload);
+    let sum = pnet_packet::udp::ipv4_checksum(&udp.to_immutable(), &GUEST, &dst);
+    udp.set_checksum(sum);
+    ipv4(dst, IpNextHeaderProtocols::Udp, &buf)
+}
+
 fn echo_request(dst: Ipv4Addr, ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 8 + data.len()];
     let mut icmp = MutableIcmpPacket::new(&mut buf).unwrap();
@@ -195,11 +208,106 @@ fn gateway_answers_ping_with_same_ident_sequence_and_data() {
 }
 
 #[test]
-fn ping_to_other_addresses_is_not_faked() {
+fn ping_to_other_addresses_goes_to_the_nat_not_answered_here() {
     let mut stack = stack();
-    let verdict = feed(&mut stack, &echo_request(REMOTE, 1, 1, b"x"));
-    assert_eq!(verdict, Ingress::Dropped(DropReason::Unsupported));
+    let verdict = feed(&mut stack, &echo_request(REMOTE, 0x77, 5, b"echo data"));
+    assert_eq!(
+        verdict,
+        Ingress::Echo(EchoRequest {
+            guest: GUEST,
+            remote: REMOTE,
+            ident: 0x77,
+            seq_no: 5,
+        })
+    );
+    assert_eq!(stack.received_payload(), b"echo data");
+    assert!(take_frames(&mut stack).is_empty(), "no faked reply");
+}
+
+#[test]
+fn udp_datagram_is_classified_with_its_payload() {
+    let mut stack = stack();
+    let frame = udp_datagram(REMOTE, 5353, b"query bytes");
+    let verdict = feed(&mut stack, &frame);
+    assert_eq!(
+        verdict,
+        Ingress::Udp {
+            key: FlowKey {
+                guest: SocketAddrV4::new(GUEST, 40000),
+                remote: SocketAddrV4::new(REMOTE, 5353),
+            }
+        }
+    );
+    assert_eq!(stack.received_payload(), b"query bytes");
+}
+
+#[test]
+fn udp_reply_reaches_the_guest_from_the_address_it_dialled() {
+    let mut stack = stack();
+    feed(&mut stack, &udp_datagram(REMOTE, 5353, b"q"));
+    stack.consume_received();
+    let from = SocketAddrV4::new(REMOTE, 5353);
+    let to = SocketAddrV4::new(GUEST, 40000);
+    let sent = stack.send_udp(from, to, |buf| {
+        buf[..5].copy_from_slice(b"reply");
+        Some(5)
+    });
+    assert_eq!(sent, Some(5));
+    let frames = take_frames(&mut stack);
+    assert_eq!(frames.len(), 1);
+    let ip = ip_of(&frames[0]);
+    assert_eq!(ip.get_source(), REMOTE);
+    let udp = UdpPacket::new(ip.payload()).unwrap();
+    assert_eq!(udp.get_source(), 5353);
+    assert_eq!(udp.get_destination(), 40000);
+    assert_eq!(udp.payload(), b"reply");
+    assert_eq!(
+        udp.get_checksum(),
+        pnet_packet::udp::ipv4_checksum(&udp, &REMOTE, &GUEST)
+    );
+}
+
+#[test]
+fn disabled_dns_gets_no_answer_at_all() {
+    let mut stack = stack_with(NetConfig {
+        disable_dns: true,
+        ..NetConfig::default()
+    });
+    let dns = Ipv4Addr::new(10, 0, 2, 3);
+    let verdict = feed(&mut stack, &udp_datagram(dns, 53, b"query"));
+    assert_eq!(verdict, Ingress::Dropped(DropReason::Disabled));
+    let syn = tcp_segment(dns, 53, TcpFlags::SYN, 1, 0);
+    assert_eq!(
+        feed(&mut stack, &syn),
+        Ingress::Dropped(DropReason::Disabled)
+    );
     assert!(take_frames(&mut stack).is_empty());
+}
+
+#[test]
+fn udp_error_from_the_host_becomes_icmp_port_unreachable() {
+    let mut stack = stack();
+    feed(&mut stack, &udp_datagram(REMOTE, 9, b"x"));
+    stack.consume_received();
+    let key = FlowKey {
+        guest: SocketAddrV4::new(GUEST, 40000),
+        remote: SocketAddrV4::new(REMOTE, 9),
+    };
+    stack.send_udp_unreachable(key, Unreachable::PortUnreachable);
+    let frames = take_frames(&mut stack);
+    assert_eq!(frames.len(), 1);
+    let ip = ip_of(&frames[0]);
+    assert_eq!(ip.get_source(), REMOTE);
+    let icmp = IcmpPacket::new(ip.payload()).unwrap();
+    assert_eq!(icmp.get_icmp_type(), IcmpTypes::DestinationUnreachable);
+    assert_eq!(icmp.get_icmp_code(), IcmpCode(3));
+    assert_eq!(icmp.get_checksum(), pnet_packet::icmp::checksum(&icmp));
+    let quoted = Ipv4Packet::new(&ip.payload()[8..]).unwrap();
+    assert_eq!(quoted.get_source(), GUEST);
+    assert_eq!(quoted.get_destination(), REMOTE);
+    let quoted_udp = UdpPacket::new(quoted.payload()).unwrap();
+    assert_eq!(quoted_udp.get_source(), 40000);
+    assert_eq!(quoted_udp.get_destination(), 9);
 }
 
 #[test]
@@ -313,23 +421,6 @@ fn malformed_frames_are_dropped_and_counted() {
     assert!(take_frames(&mut stack).is_empty());
     assert_eq!(stack.counters.drops(DropReason::Malformed), 2);
     assert_eq!(stack.counters.drops(DropReason::BadChecksum), 1);
-}
-
-#[test]
-fn gateway_means_host_loopback_and_dns_is_not_carried_yet() {
-    let cfg = NetConfig::default();
-    assert_eq!(
-        host_destination(&cfg, SocketAddrV4::new(GATEWAY, 8080)),
-        Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080))
-    );
-    assert_eq!(
-        host_destination(&cfg, SocketAddrV4::new(cfg.dns(), 53)),
-        None
-    );
-    assert_eq!(
-        host_destination(&cfg, SocketAddrV4::new(REMOTE, 443)),
-        Some(SocketAddrV4::new(REMOTE, 443))
-    );
 }
 
 /// Guest frames are untrusted: any corruption of valid frames is dropped, answered or passed

@@ -8,6 +8,7 @@
 pub mod ifconfig;
 pub mod netns;
 pub mod process;
+pub mod socket;
 pub mod tap;
 
 use std::io;

@@ -9,6 +9,9 @@
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigHandler, Signal, kill, signal};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -33,9 +36,11 @@ pub struct IsolatedChild {
 impl IsolatedChild {
     /// Forks a child that unshares a network namespace (and a user namespace when
     /// `own_userns`), then waits until [`IsolatedChild::start`] before it execs `argv`.
+    /// With `resolv_conf`, the child also gets a private mount namespace in which that file
+    /// is bind-mounted over `/etc/resolv.conf` (the host's file is not touched).
     ///
     /// Must be called while this process is single-threaded.
-    pub fn spawn(argv: &[String], own_userns: bool) -> Result<Self> {
+    pub fn spawn(argv: &[String], own_userns: bool, resolv_conf: Option<&Path>) -> Result<Self> {
         let cargs: Vec<CString> = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -51,6 +56,9 @@ impl IsolatedChild {
         let mut flags = CloneFlags::CLONE_NEWNET;
         if own_userns {
             flags |= CloneFlags::CLONE_NEWUSER;
+        }
+        if resolv_conf.is_some() {
+            flags |= CloneFlags::CLONE_NEWNS;
         }
         // SAFETY: the caller guarantees a single-threaded process; the child only calls
         // async-signal-safe functions and exec (or `_exit`).
@@ -68,6 +76,12 @@ impl IsolatedChild {
                 let mut byte = [0u8; 1];
                 if !matches!(read(&go_r, &mut byte), Ok(1)) {
                     exit_now(1);
+                }
+                if let Some(path) = resolv_conf
+                    && let Err(e) = bind_resolv_conf(path)
+                {
+                    let msg = format!("tapsplice: warning: cannot replace /etc/resolv.conf: {e}\n");
+                    let _ = write(std::io::stderr(), msg.as_bytes());
                 }
                 // SAFETY: restoring the default disposition of SIGPIPE (Rust's runtime
                 // ignores it, and ignored signals survive exec) is async-signal-safe.
@@ -156,6 +170,25 @@ impl IsolatedChild {
             }
         }
     }
+}
+
+/// In a fresh mount namespace: stops mounts propagating back to the host, then puts `path`
+/// over `/etc/resolv.conf`.
+fn bind_resolv_conf(path: &Path) -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some(path),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
 }
 
 /// Whether `fd` is an open descriptor in this process.

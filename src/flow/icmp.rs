@@ -1,0 +1,120 @@
+//! ICMP echo ("ping") from the guest to remote hosts, one host ICMP socket per guest
+//! identifier and destination.
+//!
+//! Unprivileged ping sockets (`net.ipv4.ping_group_range`) are tried first; the kernel then
+//! chooses the identifier on the wire and hands back only our replies, so the guest's
+//! identifier is put back on the way in. As root, a raw socket works too; it keeps the
+//! guest's identifier and sees every echo reply from the destination, so replies are matched
+//! by identifier. When neither is allowed, the table says so once and drops echo requests
+//! to remote hosts (N+2 and N+3 still answer: the stack does that itself).
+
+use std::io;
+
+use mio::net::UdpSocket;
+use smoltcp::time::Instant;
+use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Ipv4Packet};
+
+use super::nat::PingSocket;
+use crate::stack::{EchoRequest, Stack};
+use crate::sys::socket::recv_datagram;
+
+/// Most replies taken from one socket per event.
+const HOST_BATCH: usize = 64;
+/// Size of the scratch buffer the table lends for echo messages: the largest IP datagram.
+pub const SCRATCH_LEN: usize = 65_536;
+
+/// Guest address, destination, guest identifier.
+pub type EchoKey = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16);
+
+pub struct EchoFlow {
+    pub key: EchoKey,
+    pub(super) host: UdpSocket,
+    kind: PingSocket,
+    pub last_active: Instant,
+    pub deadline: Option<Instant>,
+}
+
+impl EchoFlow {
+    pub fn new(key: EchoKey, host: UdpSocket, kind: PingSocket, now: Instant) -> Self {
+        EchoFlow {
+            key,
+            host,
+            kind,
+            last_active: now,
+            deadline: None,
+        }
+    }
+
+    /// Sends the guest's echo request (identifier, sequence number, data) to the host side.
+    pub fn send_to_host(
+        &mut self,
+        now: Instant,
+        stack: &mut Stack,
+        request: EchoRequest,
+        scratch: &mut [u8],
+    ) {
+        self.last_active = now;
+        let data = stack.received_payload();
+        let Some(message) = scratch.get_mut(..8 + data.len()) else {
+            stack.consume_received();
+            return;
+        };
+        let mut packet = Icmpv4Packet::new_unchecked(&mut *message);
+        packet.set_msg_type(Icmpv4Message::EchoRequest);
+        packet.set_msg_code(0);
+        packet.set_echo_ident(request.ident);
+        packet.set_echo_seq_no(request.seq_no);
+        packet.data_mut().copy_from_slice(data);
+        // A ping socket rewrites the identifier and checksum; a raw socket sends it as is.
+        packet.fill_checksum();
+        if let Err(e) = self.host.send(message) {
+            tracing::debug!(remote = %request.remote, error = %e, "echo request dropped");
+        }
+        stack.consume_received();
+    }
+
+    /// Passes echo replies from the host socket to the guest.
+    pub fn deliver_to_guest(&mut self, now: Instant, stack: &mut Stack, buf: &mut [u8]) {
+        for _ in 0..HOST_BATCH {
+            let len = match recv_datagram(&self.host, buf) {
+                Ok(len) if len <= buf.len() => len,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let message = match self.kind {
+                PingSocket::Unprivileged => &buf[..len],
+                // A raw socket delivers the IP header too.
+                PingSocket::Raw => match Ipv4Packet::new_checked(&buf[..len]) {
+                    Ok(ip) => {
+                        &buf[usize::from(ip.header_len())..usize::from(ip.total_len()).min(len)]
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let Ok(reply) = Icmpv4Packet::new_checked(message) else {
+                continue;
+            };
+            if reply.msg_type() != Icmpv4Message::EchoReply {
+                continue;
+            }
+            let (guest, remote, ident) = self.key;
+            if self.kind == PingSocket::Raw && reply.echo_ident() != ident {
+                continue;
+            }
+            self.last_active = now;
+            let data = reply.data();
+            let request = EchoRequest {
+                guest,
+                remote,
+                ident,
+                seq_no: reply.echo_seq_no(),
+            };
+            stack.send_echo_reply(request, |out| {
+                let out = out.get_mut(..data.len())?;
+                out.copy_from_slice(data);
+                Some(data.len())
+            });
+        }
+    }
+}

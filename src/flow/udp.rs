@@ -1,0 +1,106 @@
+//! One guest UDP flow (guest address and port to one destination) on one connected host
+//! UDP socket.
+//!
+//! A connected socket receives only its destination's replies, and the kernel reports ICMP
+//! errors for it as `ECONNREFUSED` (port unreachable) or `EHOSTUNREACH`/`ENETUNREACH` on the
+//! next call; those go back to the guest as the ICMP message it would have received. Replies
+//! are read straight into the frame that carries them to the guest. UDP has no end, so a flow
+//! ends when it has been idle for its timeout, like a conntrack entry: short until the first
+//! reply, longer once traffic goes both ways.
+
+use std::io;
+use std::time::Duration;
+
+use mio::net::UdpSocket;
+use smoltcp::time::Instant;
+
+use crate::stack::{FlowKey, Stack, Unreachable};
+use crate::sys::socket::recv_datagram;
+
+/// Most datagrams taken from one host socket per event, so one busy flow cannot starve others.
+const HOST_BATCH: usize = 64;
+
+pub struct UdpFlow {
+    pub key: FlowKey,
+    pub(super) host: UdpSocket,
+    last_active: Instant,
+    replied: bool,
+    /// The timer this flow is filed under in the table, if any.
+    pub deadline: Option<Instant>,
+}
+
+/// What the host socket's error means for the guest, if it is an ICMP report.
+fn unreachable_reason(err: &io::Error) -> Option<Unreachable> {
+    match err.raw_os_error()? {
+        libc::ECONNREFUSED => Some(Unreachable::PortUnreachable),
+        libc::EHOSTUNREACH => Some(Unreachable::HostUnreachable),
+        libc::ENETUNREACH => Some(Unreachable::NetUnreachable),
+        _ => None,
+    }
+}
+
+impl UdpFlow {
+    pub fn new(key: FlowKey, host: UdpSocket, now: Instant) -> Self {
+        UdpFlow {
+            key,
+            host,
+            last_active: now,
+            replied: false,
+            deadline: None,
+        }
+    }
+
+    /// Sends one guest datagram to the host side. A full socket buffer drops it, as a
+    /// congested link would.
+    pub fn send_to_host(&mut self, now: Instant, stack: &mut Stack) {
+        self.last_active = now;
+        match self.host.send(stack.received_payload()) {
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(reason) = unreachable_reason(&e) {
+                    stack.send_udp_unreachable(self.key, reason);
+                } else {
+                    tracing::debug!(guest = %self.key.guest, remote = %self.key.remote, error = %e, "udp send dropped");
+                }
+            }
+        }
+        stack.consume_received();
+    }
+
+    /// Passes datagrams from the host socket to the guest until it would block (or a batch
+    /// is done; the caller comes back on the next event).
+    pub fn deliver_to_guest(&mut self, now: Instant, stack: &mut Stack) {
+        let capacity = stack.udp_payload_capacity();
+        for _ in 0..HOST_BATCH {
+            let mut outcome = Ok(0);
+            let host = &self.host;
+            stack.send_udp(self.key.remote, self.key.guest, |buf| {
+                outcome = recv_datagram(host, buf);
+                // Larger than one frame: IPv4 fragmentation is not carried, drop it.
+                outcome.as_ref().ok().copied().filter(|&n| n <= capacity)
+            });
+            match outcome {
+                Ok(_) => {
+                    self.last_active = now;
+                    self.replied = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => match unreachable_reason(&e) {
+                    Some(reason) => stack.send_udp_unreachable(self.key, reason),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// When the flow expires if nothing more happens.
+    pub fn expires_at(&self, timeout: Duration, unreplied: Duration) -> Instant {
+        let idle = if self.replied {
+            timeout
+        } else {
+            unreplied.min(timeout)
+        };
+        self.last_active + smoltcp::time::Duration::from_micros(idle.as_micros() as u64)
+    }
+}
