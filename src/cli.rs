@@ -70,6 +70,7 @@ enum Opt {
     ExitFd,
     ReadyFd,
     Mtu,
+    EnableIpv6,
     Cidr,
     DisableHostLoopback,
     NoHostLoopback,
@@ -129,6 +130,8 @@ const OPTIONS: &[OptSpec] = &[
         Some(("-r, --ready-fd=FD", "specify the FD to write to when the network is configured")), false),
     spec("mtu", Some('m'), true, Opt::Mtu,
         Some(("-m, --mtu=MTU", "specify MTU (default=1500, max=65521)")), true),
+    spec("enable-ipv6", Some('6'), false, Opt::EnableIpv6,
+        Some(("-6, --enable-ipv6", "enable IPv6 (fd00::/64 by router advertisements)")), true),
     spec("cidr", None, true, Opt::Cidr,
         Some(("--cidr=CIDR", "specify network address CIDR (default=10.0.2.0/24)")), true),
     spec("disable-host-loopback", None, false, Opt::DisableHostLoopback,
@@ -361,6 +364,7 @@ struct Collected {
     outbound_addr: Option<String>,
     outbound_addr6: Option<String>,
     disable_dns: bool,
+    enable_ipv6: bool,
     dns_upstream: Option<String>,
     resolv_conf: Option<PathBuf>,
     udp_timeout: Option<String>,
@@ -410,6 +414,7 @@ fn collect(scanner: &mut Scanner<'_>) -> Result<Result<Collected, Command>, CliE
             }
             Opt::Mtu => c.mtu = Some(config::parse_mtu(&value).map_err(|e| fail(&e.to_string()))?),
             Opt::Cidr => c.cidr = Some(value),
+            Opt::EnableIpv6 => c.enable_ipv6 = true,
             Opt::DisableHostLoopback => c.disable_host_loopback = true,
             Opt::NoHostLoopback => {
                 println!(
@@ -464,6 +469,7 @@ fn net_config(c: &Collected) -> Result<NetConfig, CliError> {
     let mut net = NetConfig {
         disable_host_loopback: c.disable_host_loopback,
         disable_dns: c.disable_dns,
+        enable_ipv6: c.enable_ipv6,
         ..NetConfig::default()
     };
     if let Some(path) = &c.resolv_conf {

@@ -5,7 +5,7 @@
 //! Clients hard-code these offsets, so they are computed here and nowhere else. The parse
 //! errors carry slirp4netns's exact texts because scripts and tests match them.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,7 +76,13 @@ pub struct NetConfig {
     pub outbound_addr: Option<Ipv4Addr>,
     /// Source address for IPv6 host sockets (`--outbound-addr6`).
     pub outbound_addr6: Option<Ipv6Addr>,
+    /// Serve IPv6 too (`-6`): prefix fd00::/64, gateway fd00::2, DNS fd00::3.
+    pub enable_ipv6: bool,
 }
+
+/// The IPv6 prefix of the guest's network (libslirp's), /64, announced for SLAAC.
+pub const IPV6_PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
+pub const IPV6_PREFIX_LEN: u8 = 64;
 
 /// Idle timeout of a UDP flow that has seen replies (nf_conntrack_udp_timeout_stream).
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -99,6 +105,7 @@ impl Default for NetConfig {
             udp_timeout: DEFAULT_UDP_TIMEOUT,
             outbound_addr: None,
             outbound_addr6: None,
+            enable_ipv6: false,
         }
     }
 }
@@ -136,6 +143,42 @@ impl NetConfig {
     /// Whether `addr` is one of the addresses tapsplice itself answers for (N+2, N+3).
     pub fn is_own_address(&self, addr: Ipv4Addr) -> bool {
         addr == self.gateway() || addr == self.dns()
+    }
+
+    /// fd00::2: the host, as the guest sees it over IPv6.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2)
+    }
+
+    /// fd00::3: the DNS relay over IPv6.
+    pub fn dns6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3)
+    }
+
+    /// fe80::2: the router's link-local address, source of router advertisements.
+    pub fn router_link_local(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)
+    }
+
+    /// Whether tapsplice itself answers for `addr` over IPv6.
+    pub fn is_own_address6(&self, addr: Ipv6Addr) -> bool {
+        addr == self.gateway6() || addr == self.dns6() || addr == self.router_link_local()
+    }
+
+    /// Whether `addr` is the host (N+2 or fd00::2).
+    pub fn is_gateway(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(v4) => v4 == self.gateway(),
+            IpAddr::V6(v6) => v6 == self.gateway6(),
+        }
+    }
+
+    /// Whether `addr` is the DNS relay (N+3 or fd00::3).
+    pub fn is_dns(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(v4) => v4 == self.dns(),
+            IpAddr::V6(v6) => v6 == self.dns6(),
+        }
     }
 }
 

@@ -140,14 +140,20 @@ impl EventLoop {
             if self.exit_fd_missing {
                 return Ok(Outcome::ExitFd);
             }
+            let now = self.clock.now();
+            let next_advert = self.stack.poll_router_advert(now);
             let timeout = if self.tap_readable {
                 Some(Duration::ZERO)
             } else {
-                let now = self.clock.now();
-                self.flows
-                    .next_deadline()
+                [self.flows.next_deadline(), next_advert]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
             };
+            if self.stack.tx_pending() > 0 {
+                self.flush_tap()?;
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -220,6 +226,7 @@ impl EventLoop {
                 Ingress::Echo(request) => self.flows.on_guest_echo(now, stack, registry, request),
                 Ingress::Handled | Ingress::Dropped(_) => {}
             }
+            self.stack.teach_neighbors(now);
         }
         self.flows
             .drive_dirty(now, &mut self.stack, self.poll.registry());

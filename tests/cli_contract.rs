@@ -53,6 +53,7 @@ const ADVERTISED_NOW: &[&str] = &[
     "--outbound-addr",
     "--outbound-addr6",
     "--disable-dns",
+    "--enable-ipv6",
 ];
 
 struct Outcome {
@@ -288,12 +289,6 @@ fn help_does_not_advertise_enable_sandbox_yet() {
 fn help_does_not_advertise_enable_seccomp_yet() {
     // Flipped by the issue that lands --enable-seccomp.
     assert_not_advertised("--enable-seccomp");
-}
-
-#[test]
-fn help_does_not_advertise_enable_ipv6_yet() {
-    // Flipped by the issue that lands -6/--enable-ipv6.
-    assert_not_advertised("--enable-ipv6");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ use std::io;
 
 use mio::net::UdpSocket;
 use smoltcp::time::Instant;
-use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Ipv4Packet};
+use std::net::IpAddr;
+
+use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Ipv4Packet};
 
 use super::nat::PingSocket;
 use crate::stack::{EchoRequest, Stack};
@@ -24,7 +26,7 @@ const HOST_BATCH: usize = 64;
 pub const SCRATCH_LEN: usize = 65_536;
 
 /// Guest address, destination, guest identifier.
-pub type EchoKey = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16);
+pub type EchoKey = (IpAddr, IpAddr, u16);
 
 pub struct EchoFlow {
     pub key: EchoKey,
@@ -59,14 +61,24 @@ impl EchoFlow {
             stack.consume_received();
             return;
         };
-        let mut packet = Icmpv4Packet::new_unchecked(&mut *message);
-        packet.set_msg_type(Icmpv4Message::EchoRequest);
-        packet.set_msg_code(0);
-        packet.set_echo_ident(request.ident);
-        packet.set_echo_seq_no(request.seq_no);
-        packet.data_mut().copy_from_slice(data);
-        // A ping socket rewrites the identifier and checksum; a raw socket sends it as is.
-        packet.fill_checksum();
+        if request.remote.is_ipv6() {
+            // The kernel computes ICMPv6 checksums for both socket kinds.
+            let mut packet = Icmpv6Packet::new_unchecked(&mut *message);
+            packet.set_msg_type(Icmpv6Message::EchoRequest);
+            packet.set_msg_code(0);
+            packet.set_echo_ident(request.ident);
+            packet.set_echo_seq_no(request.seq_no);
+            packet.payload_mut().copy_from_slice(data);
+        } else {
+            let mut packet = Icmpv4Packet::new_unchecked(&mut *message);
+            packet.set_msg_type(Icmpv4Message::EchoRequest);
+            packet.set_msg_code(0);
+            packet.set_echo_ident(request.ident);
+            packet.set_echo_seq_no(request.seq_no);
+            packet.data_mut().copy_from_slice(data);
+            // A ping socket rewrites the identifier and checksum; a raw socket sends it as is.
+            packet.fill_checksum();
+        }
         if let Err(e) = self.host.send(message) {
             tracing::debug!(remote = %request.remote, error = %e, "echo request dropped");
         }
@@ -82,33 +94,22 @@ impl EchoFlow {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            let message = match self.kind {
-                PingSocket::Unprivileged => &buf[..len],
-                // A raw socket delivers the IP header too.
-                PingSocket::Raw => match Ipv4Packet::new_checked(&buf[..len]) {
-                    Ok(ip) => {
-                        &buf[usize::from(ip.header_len())..usize::from(ip.total_len()).min(len)]
-                    }
-                    Err(_) => continue,
-                },
-            };
-            let Ok(reply) = Icmpv4Packet::new_checked(message) else {
-                continue;
-            };
-            if reply.msg_type() != Icmpv4Message::EchoReply {
-                continue;
-            }
             let (guest, remote, ident) = self.key;
-            if self.kind == PingSocket::Raw && reply.echo_ident() != ident {
+            let Some((reply_ident, seq_no, data_at)) =
+                echo_reply_fields(&buf[..len], self.kind, remote)
+            else {
+                continue;
+            };
+            if self.kind == PingSocket::Raw && reply_ident != ident {
                 continue;
             }
             self.last_active = now;
-            let data = reply.data();
+            let data = &buf[data_at..len];
             let request = EchoRequest {
                 guest,
                 remote,
                 ident,
-                seq_no: reply.echo_seq_no(),
+                seq_no,
             };
             stack.send_echo_reply(request, |out| {
                 let out = out.get_mut(..data.len())?;
@@ -116,5 +117,29 @@ impl EchoFlow {
                 Some(data.len())
             });
         }
+    }
+}
+
+/// Identifier, sequence number and where the data starts, if `message` (as received on a
+/// socket of `kind` for `remote`'s family) is an echo reply.
+fn echo_reply_fields(
+    message: &[u8],
+    kind: PingSocket,
+    remote: IpAddr,
+) -> Option<(u16, u16, usize)> {
+    if remote.is_ipv6() {
+        // IPv6 sockets never deliver the IP header.
+        let packet = Icmpv6Packet::new_checked(message).ok()?;
+        (packet.msg_type() == Icmpv6Message::EchoReply)
+            .then(|| (packet.echo_ident(), packet.echo_seq_no(), 8))
+    } else {
+        // An IPv4 raw socket delivers the IP header too.
+        let at = match kind {
+            PingSocket::Unprivileged => 0,
+            PingSocket::Raw => usize::from(Ipv4Packet::new_checked(message).ok()?.header_len()),
+        };
+        let packet = Icmpv4Packet::new_checked(message.get(at..)?).ok()?;
+        (packet.msg_type() == Icmpv4Message::EchoReply)
+            .then(|| (packet.echo_ident(), packet.echo_seq_no(), at + 8))
     }
 }

@@ -319,10 +319,7 @@ impl FlowTable {
     }
 
     /// A socket for echo to `dest`, finding out on first use which kind is allowed.
-    fn ping_socket(
-        &mut self,
-        dest: std::net::Ipv4Addr,
-    ) -> Option<(mio::net::UdpSocket, PingSocket)> {
+    fn ping_socket(&mut self, dest: std::net::IpAddr) -> Option<(mio::net::UdpSocket, PingSocket)> {
         let kinds: &[PingSocket] = match self.ping {
             PingSupport::Works(kind) => &[kind],
             PingSupport::Unavailable => return None,

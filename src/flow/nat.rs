@@ -1,12 +1,12 @@
 //! The host side of the NAT: which host address a guest destination means, and the host
 //! sockets that reach it.
 //!
-//! N+2 is the host's loopback (127.0.0.1), N+3 port 53 the DNS upstream; every other address
-//! is itself. Host sockets are bound to `--outbound-addr` / `--outbound-addr6` when given,
+//! N+2 (fd00::2) is the host's loopback (127.0.0.1, ::1), N+3 (fd00::3) port 53 the DNS
+//! upstream; every other address is itself. Host sockets are bound to `--outbound-addr` / `--outbound-addr6` when given,
 //! except towards loopback, which only a loopback source can reach.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -41,16 +41,20 @@ impl Nat {
 
     /// The host address a guest connection or datagram to `remote` goes to; `None` when
     /// nothing on the host serves it (the caller refuses it).
-    pub fn destination(&mut self, remote: SocketAddrV4) -> Option<SocketAddr> {
-        let ip = *remote.ip();
-        if ip == self.cfg.gateway() {
-            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port())))
-        } else if ip == self.cfg.dns() {
+    pub fn destination(&mut self, remote: SocketAddr) -> Option<SocketAddr> {
+        let ip = remote.ip();
+        if self.cfg.is_gateway(ip) {
+            let loopback = match ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            Some(SocketAddr::new(loopback, remote.port()))
+        } else if self.cfg.is_dns(ip) {
             (remote.port() == DNS_PORT)
                 .then(|| self.resolver.upstream())
                 .flatten()
         } else {
-            Some(SocketAddr::V4(remote))
+            Some(remote)
         }
     }
 
@@ -102,18 +106,18 @@ impl Nat {
         Ok(mio::net::UdpSocket::from_std(socket.into()))
     }
 
-    /// An ICMP socket connected to `dest`, of the kind given.
-    pub fn connect_ping(
-        &self,
-        dest: Ipv4Addr,
-        kind: PingSocket,
-    ) -> io::Result<mio::net::UdpSocket> {
-        let dest = SocketAddr::from((dest, 0));
+    /// An ICMP (or ICMPv6) socket connected to `dest`, of the kind given.
+    pub fn connect_ping(&self, dest: IpAddr, kind: PingSocket) -> io::Result<mio::net::UdpSocket> {
+        let protocol = match dest {
+            IpAddr::V4(_) => Protocol::ICMPV4,
+            IpAddr::V6(_) => Protocol::ICMPV6,
+        };
+        let dest = SocketAddr::new(dest, 0);
         let ty = match kind {
             PingSocket::Unprivileged => Type::DGRAM,
             PingSocket::Raw => Type::RAW,
         };
-        let socket = self.socket(&dest, ty, Protocol::ICMPV4)?;
+        let socket = self.socket(&dest, ty, protocol)?;
         socket.connect(&SockAddr::from(dest))?;
         Ok(mio::net::UdpSocket::from_std(socket.into()))
     }

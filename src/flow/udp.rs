@@ -32,9 +32,9 @@ pub struct UdpFlow {
 /// What the host socket's error means for the guest, if it is an ICMP report.
 fn unreachable_reason(err: &io::Error) -> Option<Unreachable> {
     match err.raw_os_error()? {
-        libc::ECONNREFUSED => Some(Unreachable::PortUnreachable),
-        libc::EHOSTUNREACH => Some(Unreachable::HostUnreachable),
-        libc::ENETUNREACH => Some(Unreachable::NetUnreachable),
+        libc::ECONNREFUSED => Some(Unreachable::Port),
+        libc::EHOSTUNREACH => Some(Unreachable::Host),
+        libc::ENETUNREACH => Some(Unreachable::Net),
         _ => None,
     }
 }
@@ -70,7 +70,7 @@ impl UdpFlow {
     /// Passes datagrams from the host socket to the guest until it would block (or a batch
     /// is done; the caller comes back on the next event).
     pub fn deliver_to_guest(&mut self, now: Instant, stack: &mut Stack) {
-        let capacity = stack.udp_payload_capacity();
+        let capacity = stack.udp_payload_capacity(self.key.guest.ip());
         for _ in 0..HOST_BATCH {
             let mut outcome = Ok(0);
             let host = &self.host;

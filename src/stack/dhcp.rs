@@ -150,8 +150,8 @@ impl DhcpServer {
         emit::udp(
             device,
             link,
-            SocketAddrV4::new(cfg.gateway(), SERVER_PORT),
-            SocketAddrV4::new(dst_ip, CLIENT_PORT),
+            SocketAddrV4::new(cfg.gateway(), SERVER_PORT).into(),
+            SocketAddrV4::new(dst_ip, CLIENT_PORT).into(),
             |buf| {
                 let len = reply.buffer_len();
                 let mut packet = DhcpPacket::new_unchecked(buf.get_mut(..len)?);

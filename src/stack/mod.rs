@@ -20,10 +20,11 @@ mod device;
 mod dhcp;
 mod emit;
 mod icmp;
+mod ipv6;
 mod tcp;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -35,7 +36,6 @@ use smoltcp::wire::{
 };
 
 pub use device::{ETHERNET_HEADER_LEN, FrameDevice};
-pub use smoltcp::wire::Icmpv4DstUnreachable as Unreachable;
 
 /// The DNS port at N+3.
 pub const DNS_PORT: u16 = 53;
@@ -48,8 +48,19 @@ use crate::stats::{Counters, DropReason};
 /// addresses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub guest: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub guest: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Why a datagram could not be delivered, for the ICMP (or ICMPv6) error the guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No route (ENETUNREACH).
+    Net,
+    /// Host unreachable (EHOSTUNREACH).
+    Host,
+    /// Port unreachable (ECONNREFUSED).
+    Port,
 }
 
 /// What the caller must do with the frame just received.
@@ -71,8 +82,8 @@ pub enum Ingress {
 /// An ICMP echo request from the guest to an address that is not ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EchoRequest {
-    pub guest: Ipv4Addr,
-    pub remote: Ipv4Addr,
+    pub guest: IpAddr,
+    pub remote: IpAddr,
     pub ident: u16,
     pub seq_no: u16,
 }
@@ -90,7 +101,11 @@ pub struct Stack {
     no_sockets: SocketSet<'static>,
     dhcp: dhcp::DhcpServer,
     /// The MAC each guest address last sent from, for UDP and ICMP frames we build.
-    guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
+    guest_macs: HashMap<IpAddr, EthernetAddress>,
+    /// A guest IPv6 address seen for the first time, to be taught to smoltcp's neighbor cache.
+    new_neighbor: Option<(std::net::Ipv6Addr, EthernetAddress)>,
+    /// When the next unsolicited router advertisement is due (with `-6`).
+    next_router_advert: Option<Instant>,
     /// Where the UDP payload or echo data of the received frame is.
     rx_payload: Range<usize>,
     pub counters: Counters,
@@ -104,15 +119,25 @@ impl Stack {
         config.random_seed = random_seed();
         let mut iface = Interface::new(config, &mut device, now);
         iface.update_ip_addrs(|addrs| {
+            // Capacity is SMOLTCP_IFACE_MAX_ADDR_COUNT (8, .cargo/config.toml).
             for own in [cfg.gateway(), cfg.dns()] {
-                // Capacity is SMOLTCP_IFACE_MAX_ADDR_COUNT (4, .cargo/config.toml).
                 let _ = addrs.push(IpCidr::new(own.into(), cfg.prefix_len));
+            }
+            if cfg.enable_ipv6 {
+                let _ = addrs.push(IpCidr::new(cfg.router_link_local().into(), 64));
+                for own in [cfg.gateway6(), cfg.dns6()] {
+                    let _ = addrs.push(IpCidr::new(own.into(), crate::config::IPV6_PREFIX_LEN));
+                }
             }
         });
         iface.set_any_ip(true);
         // The route's gateway must be one of our own addresses for any-IP to accept a
-        // destination; ours is N+2.
+        // destination; ours is N+2 (and fd00::2).
         let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway());
+        if cfg.enable_ipv6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(cfg.gateway6());
+        }
+        let cfg_ipv6 = cfg.enable_ipv6;
         Stack {
             cfg,
             iface,
@@ -120,6 +145,8 @@ impl Stack {
             no_sockets: SocketSet::new(Vec::new()),
             dhcp: dhcp::DhcpServer::default(),
             guest_macs: HashMap::new(),
+            new_neighbor: None,
+            next_router_advert: cfg_ipv6.then_some(now),
             rx_payload: 0..0,
             counters: Counters::default(),
         }
@@ -157,6 +184,7 @@ impl Stack {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.classify_arp(now),
             EthernetProtocol::Ipv4 => self.classify_ipv4(now),
+            EthernetProtocol::Ipv6 if self.cfg.enable_ipv6 => self.classify_ipv6(now),
             _ => Ingress::Dropped(DropReason::Unsupported),
         }
     }
@@ -199,13 +227,13 @@ impl Stack {
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let l4_at = ETHERNET_HEADER_LEN + usize::from(ip.header_len());
         match ip.next_header() {
-            IpProtocol::Tcp => self.classify_tcp(src, dst, l4_at),
+            IpProtocol::Tcp => self.classify_tcp(src.into(), dst.into(), l4_at),
             IpProtocol::Udp => {
-                self.remember_guest(src, guest_mac);
-                self.classify_udp(src, dst, l4_at)
+                self.remember_guest(src.into(), guest_mac);
+                self.classify_udp(src.into(), dst.into(), l4_at)
             }
             IpProtocol::Icmp => {
-                self.remember_guest(src, guest_mac);
+                self.remember_guest(src.into(), guest_mac);
                 self.classify_icmp(src, dst, l4_at)
             }
             _ => {
@@ -216,22 +244,28 @@ impl Stack {
         }
     }
 
-    /// The layer-4 bytes of the received frame, from `at` to the end of its IP datagram.
+    /// The layer-4 bytes of the received frame, from `at` to the end of its IP datagram
+    /// (whose headers were checked before).
     fn l4(&self, at: usize) -> &[u8] {
         let frame = self.device.received().unwrap_or_default();
-        let ip_end = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..])
-            .map(|ip| ETHERNET_HEADER_LEN + usize::from(ip.total_len()))
-            .unwrap_or(at);
+        let ip = &frame[ETHERNET_HEADER_LEN.min(frame.len())..];
+        let ip_len = match ip.first().map(|b| b >> 4) {
+            Some(4) => Ipv4Packet::new_checked(ip).map(|p| usize::from(p.total_len())),
+            Some(6) => smoltcp::wire::Ipv6Packet::new_checked(ip)
+                .map(|p| ipv6::HEADER_LEN + usize::from(p.payload_len())),
+            _ => Ok(0),
+        };
+        let ip_end = ETHERNET_HEADER_LEN + ip_len.unwrap_or(0);
         frame.get(at..ip_end).unwrap_or_default()
     }
 
-    fn classify_tcp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, at: usize) -> Ingress {
+    fn classify_tcp(&mut self, src: IpAddr, dst: IpAddr, at: usize) -> Ingress {
         let Ok(tcp) = TcpPacket::new_checked(self.l4(at)) else {
             return Ingress::Dropped(DropReason::Malformed);
         };
         let key = FlowKey {
-            guest: SocketAddrV4::new(src, tcp.src_port()),
-            remote: SocketAddrV4::new(dst, tcp.dst_port()),
+            guest: SocketAddr::new(src, tcp.src_port()),
+            remote: SocketAddr::new(dst, tcp.dst_port()),
         };
         let opens = tcp.syn() && !tcp.ack() && !tcp.rst();
         if !opens {
@@ -247,7 +281,7 @@ impl Stack {
         Ingress::Tcp { key, opens }
     }
 
-    fn classify_udp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, at: usize) -> Ingress {
+    fn classify_udp(&mut self, src: IpAddr, dst: IpAddr, at: usize) -> Ingress {
         let Ok(udp) = UdpPacket::new_checked(self.l4(at)) else {
             return Ingress::Dropped(DropReason::Malformed);
         };
@@ -257,15 +291,14 @@ impl Stack {
         }
         let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
         let payload_len = udp.payload().len();
-        if dst_port == dhcp::SERVER_PORT && src_port == dhcp::CLIENT_PORT {
+        if dst_port == dhcp::SERVER_PORT && src_port == dhcp::CLIENT_PORT && src.is_ipv4() {
             return if self.dhcp.handle(&mut self.device, &self.cfg) {
                 Ingress::Handled
             } else {
                 Ingress::Dropped(DropReason::Malformed)
             };
         }
-        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || src.is_unspecified()
-        {
+        if !is_unicast(dst) || src.is_unspecified() {
             return Ingress::Dropped(DropReason::Unsupported);
         }
         if let Some(verdict) = self.refuse_by_policy(dst, dst_port) {
@@ -275,8 +308,8 @@ impl Stack {
         self.rx_payload = payload_at..payload_at + payload_len;
         Ingress::Udp {
             key: FlowKey {
-                guest: SocketAddrV4::new(src, src_port),
-                remote: SocketAddrV4::new(dst, dst_port),
+                guest: SocketAddr::new(src, src_port),
+                remote: SocketAddr::new(dst, dst_port),
             },
         }
     }
@@ -298,13 +331,13 @@ impl Stack {
         if packet.msg_type() != Icmpv4Message::EchoRequest || packet.msg_code() != 0 {
             return Ingress::Dropped(DropReason::Unsupported);
         }
-        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+        if !is_unicast(dst.into()) {
             return Ingress::Dropped(DropReason::Unsupported);
         }
         let data_at = at + emit::ICMP_HEADER_LEN;
         let request = EchoRequest {
-            guest: src,
-            remote: dst,
+            guest: src.into(),
+            remote: dst.into(),
             ident: packet.echo_ident(),
             seq_no: packet.echo_seq_no(),
         };
@@ -315,34 +348,39 @@ impl Stack {
 
     /// What the configuration says about a new connection or datagram to `dst:port`:
     /// `None` to let it through.
-    fn refuse_by_policy(&mut self, dst: Ipv4Addr, port: u16) -> Option<Ingress> {
-        if dst == self.cfg.gateway() && self.cfg.disable_host_loopback {
+    fn refuse_by_policy(&mut self, dst: IpAddr, port: u16) -> Option<Ingress> {
+        if self.cfg.is_gateway(dst) && self.cfg.disable_host_loopback {
             // What slirp4netns clients see: connect() fails at once, ENETUNREACH.
-            let gateway = self.cfg.gateway();
-            icmp::reply_unreachable(
-                &mut self.device,
-                &self.cfg,
-                gateway,
-                Icmpv4DstUnreachable::NetUnreachable,
-            );
+            match dst {
+                IpAddr::V4(gateway) => icmp::reply_unreachable(
+                    &mut self.device,
+                    &self.cfg,
+                    gateway,
+                    Icmpv4DstUnreachable::NetUnreachable,
+                ),
+                IpAddr::V6(_) => ipv6::reply_no_route(&mut self.device, &self.cfg),
+            }
             self.device.discard_received();
             self.counters.refused_host_loopback += 1;
             return Some(Ingress::Handled);
         }
-        if dst == self.cfg.dns() && port == DNS_PORT && self.cfg.disable_dns {
+        if self.cfg.is_dns(dst) && port == DNS_PORT && self.cfg.disable_dns {
             // `--disable-dns`: no answer at all, as slirp4netns.
             return Some(Ingress::Dropped(DropReason::Disabled));
         }
         None
     }
 
-    fn remember_guest(&mut self, addr: Ipv4Addr, mac: EthernetAddress) {
-        if self.guest_macs.get(&addr) != Some(&mac) {
-            if self.guest_macs.len() >= GUEST_MAC_LIMIT {
-                self.guest_macs.clear();
-            }
-            self.guest_macs.insert(addr, mac);
+    /// Notes the MAC `addr` sends from; true when the address is new (or moved).
+    fn remember_guest(&mut self, addr: IpAddr, mac: EthernetAddress) -> bool {
+        if self.guest_macs.get(&addr) == Some(&mac) {
+            return false;
         }
+        if self.guest_macs.len() >= GUEST_MAC_LIMIT {
+            self.guest_macs.clear();
+        }
+        self.guest_macs.insert(addr, mac);
+        true
     }
 
     /// The UDP payload or ICMP echo data of the frame [`Stack::classify`] just looked at.
@@ -358,7 +396,7 @@ impl Stack {
         self.device.discard_received();
     }
 
-    fn link_to(&self, guest: Ipv4Addr) -> emit::Link {
+    fn link_to(&self, guest: IpAddr) -> emit::Link {
         emit::Link {
             src: EthernetAddress(self.cfg.gateway_mac()),
             // Before the guest sent anything we cannot know its MAC; a broadcast frame with a
@@ -376,20 +414,20 @@ impl Stack {
         self.device.has_tx_room()
     }
 
-    /// The most UDP payload one frame carries.
-    pub fn udp_payload_capacity(&self) -> usize {
-        emit::udp_payload_capacity(&self.device)
+    /// The most UDP payload one frame to `dst` carries.
+    pub fn udp_payload_capacity(&self, dst: IpAddr) -> usize {
+        emit::udp_payload_capacity(&self.device, dst)
     }
 
     /// Sends a UDP datagram `from` -> `to` (the guest) whose payload `fill` writes in place
     /// (returning its length, or `None` to send nothing). Returns the payload length.
     pub fn send_udp(
         &mut self,
-        from: SocketAddrV4,
-        to: SocketAddrV4,
+        from: SocketAddr,
+        to: SocketAddr,
         fill: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<usize> {
-        let link = self.link_to(*to.ip());
+        let link = self.link_to(to.ip());
         let sent = emit::udp(&mut self.device, link, from, to, fill);
         if sent.is_none() {
             self.counters.drop(DropReason::Unsupported);
@@ -399,16 +437,29 @@ impl Stack {
 
     /// Tells the guest that its datagrams of flow `key` cannot be delivered (an ICMP error
     /// that arrived on the host socket after the datagram was sent).
-    pub fn send_udp_unreachable(&mut self, key: FlowKey, reason: Icmpv4DstUnreachable) {
-        let link = self.link_to(*key.guest.ip());
-        let quote = emit::udp_quote(key.guest, key.remote);
-        emit::unreachable(
-            &mut self.device,
-            link,
-            (*key.remote.ip(), *key.guest.ip()),
-            reason,
-            &quote,
-        );
+    pub fn send_udp_unreachable(&mut self, key: FlowKey, reason: Unreachable) {
+        let link = self.link_to(key.guest.ip());
+        match (key.guest, key.remote) {
+            (SocketAddr::V4(guest), SocketAddr::V4(remote)) => {
+                let reason = match reason {
+                    Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
+                    Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+                    Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+                };
+                let quote = emit::udp_quote(guest, remote);
+                emit::unreachable(
+                    &mut self.device,
+                    link,
+                    (*remote.ip(), *guest.ip()),
+                    reason,
+                    &quote,
+                );
+            }
+            (SocketAddr::V6(guest), SocketAddr::V6(remote)) => {
+                ipv6::send_udp_unreachable(&mut self.device, link, guest, remote, reason)
+            }
+            _ => {}
+        }
     }
 
     /// Sends an echo reply for `request` whose data `fill` writes in place.
@@ -477,6 +528,14 @@ impl Stack {
 
     pub fn tx_pending(&self) -> usize {
         self.device.tx_pending()
+    }
+}
+
+/// Whether `addr` names one host (not broadcast, multicast or unspecified).
+fn is_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_multicast() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
     }
 }
 

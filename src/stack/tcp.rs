@@ -34,7 +34,7 @@ impl GuestSocket {
         socket.set_nagle_enabled(false);
         socket.pause_synack(true);
         let endpoint = IpListenEndpoint {
-            addr: Some((*key.remote.ip()).into()),
+            addr: Some(key.remote.ip().into()),
             port: key.remote.port(),
         };
         // Port 0 is the only thing `listen` rejects; a SYN to port 0 then finds no socket

@@ -214,8 +214,8 @@ fn ping_to_other_addresses_goes_to_the_nat_not_answered_here() {
     assert_eq!(
         verdict,
         Ingress::Echo(EchoRequest {
-            guest: GUEST,
-            remote: REMOTE,
+            guest: GUEST.into(),
+            remote: REMOTE.into(),
             ident: 0x77,
             seq_no: 5,
         })
@@ -233,8 +233,8 @@ fn udp_datagram_is_classified_with_its_payload() {
         verdict,
         Ingress::Udp {
             key: FlowKey {
-                guest: SocketAddrV4::new(GUEST, 40000),
-                remote: SocketAddrV4::new(REMOTE, 5353),
+                guest: SocketAddrV4::new(GUEST, 40000).into(),
+                remote: SocketAddrV4::new(REMOTE, 5353).into(),
             }
         }
     );
@@ -246,8 +246,8 @@ fn udp_reply_reaches_the_guest_from_the_address_it_dialled() {
     let mut stack = stack();
     feed(&mut stack, &udp_datagram(REMOTE, 5353, b"q"));
     stack.consume_received();
-    let from = SocketAddrV4::new(REMOTE, 5353);
-    let to = SocketAddrV4::new(GUEST, 40000);
+    let from = SocketAddrV4::new(REMOTE, 5353).into();
+    let to = SocketAddrV4::new(GUEST, 40000).into();
     let sent = stack.send_udp(from, to, |buf| {
         buf[..5].copy_from_slice(b"reply");
         Some(5)
@@ -290,10 +290,10 @@ fn udp_error_from_the_host_becomes_icmp_port_unreachable() {
     feed(&mut stack, &udp_datagram(REMOTE, 9, b"x"));
     stack.consume_received();
     let key = FlowKey {
-        guest: SocketAddrV4::new(GUEST, 40000),
-        remote: SocketAddrV4::new(REMOTE, 9),
+        guest: SocketAddrV4::new(GUEST, 40000).into(),
+        remote: SocketAddrV4::new(REMOTE, 9).into(),
     };
-    stack.send_udp_unreachable(key, Unreachable::PortUnreachable);
+    stack.send_udp_unreachable(key, Unreachable::Port);
     let frames = take_frames(&mut stack);
     assert_eq!(frames.len(), 1);
     let ip = ip_of(&frames[0]);
@@ -315,8 +315,8 @@ fn syn_ack_is_held_until_the_host_side_connects() {
     let mut stack = stack();
     let syn = tcp_segment(REMOTE, 80, TcpFlags::SYN, 1000, 0);
     let key = FlowKey {
-        guest: SocketAddrV4::new(GUEST, 40000),
-        remote: SocketAddrV4::new(REMOTE, 80),
+        guest: SocketAddrV4::new(GUEST, 40000).into(),
+        remote: SocketAddrV4::new(REMOTE, 80).into(),
     };
     assert_eq!(feed(&mut stack, &syn), Ingress::Tcp { key, opens: true });
     let mut guest = stack.open_guest_socket(key);
@@ -429,8 +429,8 @@ fn malformed_frames_are_dropped_and_counted() {
 fn corrupted_frames_never_panic() {
     let mut stack = stack();
     let key = FlowKey {
-        guest: SocketAddrV4::new(GUEST, 40000),
-        remote: SocketAddrV4::new(REMOTE, 80),
+        guest: SocketAddrV4::new(GUEST, 40000).into(),
+        remote: SocketAddrV4::new(REMOTE, 80).into(),
     };
     let mut guest = stack.open_guest_socket(key);
     let seeds = [
@@ -463,5 +463,146 @@ fn corrupted_frames_never_panic() {
             _ => {}
         }
         take_frames(&mut stack);
+    }
+}
+
+mod ipv6 {
+    use std::net::{Ipv6Addr, SocketAddr};
+
+    use pnet_packet::icmpv6::ndp::{NdpOptionTypes, RouterAdvertPacket};
+    use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types, MutableIcmpv6Packet};
+    use pnet_packet::ipv6::{Ipv6Packet, MutableIpv6Packet};
+
+    use super::*;
+
+    const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x64);
+
+    fn stack6() -> Stack {
+        Stack::new(
+            NetConfig {
+                enable_ipv6: true,
+                ..NetConfig::default()
+            },
+            Instant::from_millis(0),
+        )
+    }
+
+    /// An ICMPv6 message from `src` to `dst` (type, code, body after the 4-byte header).
+    fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![0u8; 4 + body.len()];
+        icmp[0] = kind;
+        icmp[4..].copy_from_slice(body);
+        let sum = pnet_packet::icmpv6::checksum(&Icmpv6Packet::new(&icmp).unwrap(), &src, &dst);
+        MutableIcmpv6Packet::new(&mut icmp)
+            .unwrap()
+            .set_checksum(sum);
+        let mut ip = vec![0u8; 40 + icmp.len()];
+        let mut packet = MutableIpv6Packet::new(&mut ip).unwrap();
+        packet.set_version(6);
+        packet.set_payload_length(icmp.len() as u16);
+        packet.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        packet.set_hop_limit(255);
+        packet.set_source(src);
+        packet.set_destination(dst);
+        packet.set_payload(&icmp);
+        ethernet(MacAddr(0x33, 0x33, 0, 0, 0, 2), EtherTypes::Ipv6, &ip)
+    }
+
+    #[test]
+    fn router_solicitation_gets_an_advertisement_of_the_slaac_prefix() {
+        let mut stack = stack6();
+        stack.poll_router_advert(Instant::from_millis(0));
+        take_frames(&mut stack); // the unsolicited one at start
+        let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+        let rs = icmpv6(GUEST6, all_routers, 133, &[0u8; 4]);
+        assert_eq!(feed(&mut stack, &rs), Ingress::Handled);
+        let frames = take_frames(&mut stack);
+        assert_eq!(frames.len(), 1);
+        let ip = Ipv6Packet::new(&frames[0][14..]).unwrap();
+        assert_eq!(ip.get_hop_limit(), 255, "NDP needs hop limit 255");
+        assert_eq!(ip.get_source(), Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2));
+        assert_eq!(ip.get_destination(), GUEST6);
+        let icmp = Icmpv6Packet::new(ip.payload()).unwrap();
+        assert_eq!(icmp.get_icmpv6_type(), Icmpv6Types::RouterAdvert);
+        assert_eq!(
+            icmp.get_checksum(),
+            pnet_packet::icmpv6::checksum(&icmp, &ip.get_source(), &ip.get_destination())
+        );
+        let ra = RouterAdvertPacket::new(ip.payload()).unwrap();
+        assert!(ra.get_lifetime() > 0, "must be a default router");
+        let prefix = ra
+            .get_options()
+            .into_iter()
+            .find(|o| o.option_type == NdpOptionTypes::PrefixInformation)
+            .expect("prefix information option");
+        // Option data: prefix length, flags (on-link, autonomous), lifetimes, reserved, prefix.
+        assert_eq!(prefix.data[0], 64);
+        assert_eq!(prefix.data[1] & 0xc0, 0xc0);
+        assert_eq!(&prefix.data[14..16], &[0xfd, 0x00]);
+    }
+
+    #[test]
+    fn duplicate_address_detection_of_the_guest_gets_no_answer() {
+        let mut stack = stack6();
+        stack.poll_router_advert(Instant::from_millis(0));
+        take_frames(&mut stack);
+        let tentative = Ipv6Addr::new(0xfd00, 0, 0, 0, 0x1, 0x2, 0x3, 0x4);
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(&tentative.octets());
+        let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff03, 0x4);
+        let ns = icmpv6(Ipv6Addr::UNSPECIFIED, solicited, 135, &body);
+        assert_eq!(feed(&mut stack, &ns), Ingress::Dropped(DropReason::NotOurs));
+        assert!(take_frames(&mut stack).is_empty());
+    }
+
+    #[test]
+    fn neighbor_solicitation_for_the_gateway_is_answered() {
+        let mut stack = stack6();
+        stack.poll_router_advert(Instant::from_millis(0));
+        take_frames(&mut stack);
+        let gateway = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(&gateway.octets());
+        // Source link-layer address option.
+        body.extend_from_slice(&[1, 1, 0x02, 0, 0, 0, 0, 0x64]);
+        let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x2);
+        let ns = icmpv6(GUEST6, solicited, 135, &body);
+        assert_eq!(feed(&mut stack, &ns), Ingress::Handled);
+        let frames = take_frames(&mut stack);
+        assert_eq!(frames.len(), 1);
+        let ip = Ipv6Packet::new(&frames[0][14..]).unwrap();
+        let icmp = Icmpv6Packet::new(ip.payload()).unwrap();
+        assert_eq!(icmp.get_icmpv6_type(), Icmpv6Types::NeighborAdvert);
+    }
+
+    #[test]
+    fn tcp_syn_over_ipv6_opens_a_flow_to_the_address_dialled() {
+        let mut stack = stack6();
+        let remote = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        let mut seg = [0u8; 20];
+        let mut tcp = MutableTcpPacket::new(&mut seg).unwrap();
+        tcp.set_source(40000);
+        tcp.set_destination(443);
+        tcp.set_sequence(1);
+        tcp.set_data_offset(5);
+        tcp.set_flags(TcpFlags::SYN);
+        tcp.set_window(64240);
+        let sum = tcp::ipv6_checksum(&tcp.to_immutable(), &GUEST6, &remote);
+        tcp.set_checksum(sum);
+        let mut ip = vec![0u8; 40 + seg.len()];
+        let mut packet = MutableIpv6Packet::new(&mut ip).unwrap();
+        packet.set_version(6);
+        packet.set_payload_length(seg.len() as u16);
+        packet.set_next_header(IpNextHeaderProtocols::Tcp);
+        packet.set_hop_limit(64);
+        packet.set_source(GUEST6);
+        packet.set_destination(remote);
+        packet.set_payload(&seg);
+        let frame = ethernet(gateway_mac(), EtherTypes::Ipv6, &ip);
+        let key = FlowKey {
+            guest: SocketAddr::new(GUEST6.into(), 40000),
+            remote: SocketAddr::new(remote.into(), 443),
+        };
+        assert_eq!(feed(&mut stack, &frame), Ingress::Tcp { key, opens: true });
     }
 }
