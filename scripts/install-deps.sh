@@ -3,9 +3,14 @@
 # runs `apt-get update` only when something is missing, and prints one line.
 set -euo pipefail
 
+# dnsmasq-base is dnsmasq without its system service (the full `dnsmasq` package would start a
+# resolver on port 53 of every address); the DNS tests start their own instances.
+# dnsutils (dig) is Debian 12's transitional name for bind9-dnsutils; libc-bin has getent;
+# udhcpc is busybox's DHCP client.
 PACKAGES=(
     iperf3 rootlesskit uidmap slirp4netns passt curl socat jq iproute2 python3
     iputils-ping procps ncat tcpdump
+    dnsmasq-base dnsutils bind9-dnsutils udhcpc busybox libc-bin
 )
 
 missing=()

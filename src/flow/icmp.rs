@@ -20,8 +20,6 @@ use super::nat::PingSocket;
 use crate::stack::{EchoRequest, Stack};
 use crate::sys::socket::recv_datagram;
 
-/// Most replies taken from one socket per event.
-const HOST_BATCH: usize = 64;
 /// Size of the scratch buffer the table lends for echo messages: the largest IP datagram.
 pub const SCRATCH_LEN: usize = 65_536;
 
@@ -87,7 +85,9 @@ impl EchoFlow {
 
     /// Passes echo replies from the host socket to the guest.
     pub fn deliver_to_guest(&mut self, now: Instant, stack: &mut Stack, buf: &mut [u8]) {
-        for _ in 0..HOST_BATCH {
+        // mio is edge-triggered: read until the socket would block, or what is left in it
+        // waits for the next datagram to arrive.
+        loop {
             let len = match recv_datagram(&self.host, buf) {
                 Ok(len) if len <= buf.len() => len,
                 Ok(_) => continue,

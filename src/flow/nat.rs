@@ -14,6 +14,9 @@ use super::resolver::Resolver;
 use crate::config::NetConfig;
 use crate::stack::DNS_PORT;
 
+/// Receive buffer asked for on host UDP sockets.
+const UDP_RECV_BUFFER: usize = 1 << 20;
+
 pub struct Nat {
     cfg: NetConfig,
     resolver: Resolver,
@@ -102,6 +105,9 @@ impl Nat {
     /// A UDP socket connected to `dest`, so only its replies (and ICMP errors) arrive on it.
     pub fn connect_udp(&self, dest: SocketAddr) -> io::Result<mio::net::UdpSocket> {
         let socket = self.socket(&dest, Type::DGRAM, Protocol::UDP)?;
+        // Replies arrive in bursts while the loop is busy with the guest's side; the kernel
+        // caps this at net.core.rmem_max, so it only helps where that allows it.
+        let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
         socket.connect(&SockAddr::from(dest))?;
         Ok(mio::net::UdpSocket::from_std(socket.into()))
     }

@@ -17,9 +17,6 @@ use smoltcp::time::Instant;
 use crate::stack::{FlowKey, Stack, Unreachable};
 use crate::sys::socket::recv_datagram;
 
-/// Most datagrams taken from one host socket per event, so one busy flow cannot starve others.
-const HOST_BATCH: usize = 64;
-
 pub struct UdpFlow {
     pub key: FlowKey,
     pub(super) host: UdpSocket,
@@ -67,11 +64,12 @@ impl UdpFlow {
         stack.consume_received();
     }
 
-    /// Passes datagrams from the host socket to the guest until it would block (or a batch
-    /// is done; the caller comes back on the next event).
+    /// Passes datagrams from the host socket to the guest until it would block.
     pub fn deliver_to_guest(&mut self, now: Instant, stack: &mut Stack) {
         let capacity = stack.udp_payload_capacity(self.key.guest.ip());
-        for _ in 0..HOST_BATCH {
+        // mio is edge-triggered: read until the socket would block, or what is left in it
+        // waits for the next datagram to arrive.
+        loop {
             let mut outcome = Ok(0);
             let host = &self.host;
             stack.send_udp(self.key.remote, self.key.guest, |buf| {

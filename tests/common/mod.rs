@@ -1271,3 +1271,584 @@ impl Json {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the UDP, DNS, DHCP and ping tests.
+
+/// DNS address of the default CIDR (N+3).
+pub const DNS_ADDR: &str = "10.0.2.3";
+/// The guest address that `-c` and `tapsplice run` configure (N+100).
+pub const GUEST_ADDR: &str = "10.0.2.100";
+
+/// `[PYTHON, "-c", script, args...]`.
+pub fn python_script(script: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec![PYTHON.to_string(), "-c".to_string(), script.to_string()];
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// `["/bin/sh", "-c", script, "sh", args...]`: a shell script with positional arguments.
+pub fn sh_script(script: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        "sh".to_string(),
+    ];
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// `tapsplice run OPTS... -- ARGV...` run to completion within `deadline`, captured.
+pub fn tapsplice_run_capture(
+    bin: &Path,
+    opts: &[&str],
+    argv: &[String],
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+) -> Captured {
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").args(opts).arg("--").args(argv);
+    let what = format!(
+        "tapsplice run {} -- {}",
+        opts.join(" "),
+        argv.iter()
+            .take(3)
+            .map(|a| a.lines().next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    run_capture(&what, &mut cmd, stdin, deadline)
+}
+
+/// `tapsplice run OPTS... -- ARGV...` in the background, for tests that act on the host while
+/// CMD runs: stdout goes to a file that can be read at any time, stderr to the child's log.
+pub struct BackgroundRun {
+    child: Child,
+    stdout: PathBuf,
+    _dir: TempDir,
+}
+
+impl BackgroundRun {
+    pub fn start(bin: &Path, opts: &[&str], argv: &[String]) -> BackgroundRun {
+        let dir = TempDir::new("tsbg");
+        let stdout = dir.join("stdout");
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .args(opts)
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(
+                fs::File::create(&stdout)
+                    .unwrap_or_else(|e| panic!("create {}: {e}", stdout.display())),
+            );
+        let child = Child::spawn_logged("tapsplice run (background)", &mut cmd, dir.join("stderr"));
+        BackgroundRun {
+            child,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// CMD's stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stdout).unwrap_or_default()).into_owned()
+    }
+
+    /// tapsplice's (and CMD's) stderr so far.
+    pub fn stderr(&self) -> String {
+        self.child.log()
+    }
+
+    /// Waits for a complete stdout line for which `pred` holds and returns it; panics after
+    /// `deadline` (or when the run ends first) with what was awaited and the output so far.
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.stdout();
+            // Only complete lines: a line being written may not be whole yet.
+            let complete = match out.rfind('\n') {
+                Some(i) => &out[..i],
+                None => "",
+            };
+            if let Some(l) = complete.lines().find(|l| pred(l)) {
+                return l.to_string();
+            }
+            if let Some(status) = self.child.try_status() {
+                panic!(
+                    "tapsplice run ended ({}) before {what}; stdout:\n{}\nstderr:\n{}",
+                    describe_status(status),
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if start.elapsed() >= deadline {
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}; stdout:\n{out}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the run to end (at most `deadline`); returns its status and stdout.
+    pub fn finish(&mut self, deadline: Duration) -> (ExitStatus, String) {
+        let status = self.child.wait_deadline(deadline);
+        (status, self.stdout())
+    }
+}
+
+/// `tapsplice` in slirp4netns mode on a namespace made by `ip netns add`, with any options
+/// (no implicit `-c`, so a test can leave the interface unconfigured). Started through `sh` so
+/// that fd 3 is the ready pipe (`-r 3` is always passed) and fd 4 the read end of a pipe whose
+/// write end the fixture holds (for `-e 4`); its output goes to a log. Killed on drop.
+pub struct SlirpProcess {
+    exit_w: Option<std::process::ChildStdin>,
+    pub child: Child,
+    _logs: TempDir,
+}
+
+impl SlirpProcess {
+    /// Starts `BIN -r 3 ARGS... --netns-type=path /run/netns/NAME tap0` and waits for "1" on
+    /// the ready fd (panicking with the log if it does not come).
+    pub fn start(bin: &Path, ns: &NetnsFixture, args: &[&str]) -> SlirpProcess {
+        let logs = TempDir::new("tsslirp");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(r#"exec 3>&1 4<&0 1>&2 0</dev/null; exec "$@""#)
+            .arg("sh")
+            .arg(bin)
+            .args(["-r", "3"])
+            .args(args)
+            .args(["--netns-type=path", &ns.path(), "tap0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = Child::spawn_logged(
+            &format!("tapsplice {}", args.join(" ")),
+            &mut cmd,
+            logs.join("slirp.log"),
+        );
+        let exit_w = child.inner().stdin.take();
+        let ready_r = child.inner().stdout.take().expect("stdout pipe");
+        let ready =
+            read_some_deadline("\"1\" on the ready fd", ready_r, 1, Duration::from_secs(15));
+        if ready != b"1" {
+            let status = child.wait_deadline(Duration::from_secs(5));
+            panic!(
+                "ready fd gave {:?} instead of \"1\" (args {args:?}); process {}; log:\n{}",
+                String::from_utf8_lossy(&ready),
+                describe_status(status),
+                child.log()
+            );
+        }
+        SlirpProcess {
+            exit_w,
+            child,
+            _logs: logs,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.child.log()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(s) = self.child.try_status() {
+            panic!(
+                "tapsplice exited ({}) while the test still needed it; log:\n{}",
+                describe_status(s),
+                self.child.log()
+            );
+        }
+    }
+}
+
+impl Drop for SlirpProcess {
+    fn drop(&mut self) {
+        drop(self.exit_w.take());
+    }
+}
+
+/// An address in 127.77.0.0/16 for this test alone (from the process id and a counter) on which
+/// UDP and TCP port 53 are free: a resolver started there cannot collide with another test's,
+/// and a resolv.conf can name it (resolv.conf has no port).
+pub fn unique_loopback_addr() -> Ipv4Addr {
+    for attempt in 0..512u32 {
+        let n = std::process::id()
+            .wrapping_mul(97)
+            .wrapping_add(next_id().wrapping_mul(131))
+            .wrapping_add(attempt.wrapping_mul(7919))
+            % (250 * 254);
+        let addr = Ipv4Addr::new(127, 77, (n / 254 + 1) as u8, (n % 254 + 1) as u8);
+        let udp = std::net::UdpSocket::bind((addr, 53));
+        let tcp = TcpListener::bind((addr, 53));
+        if udp.is_ok() && tcp.is_ok() {
+            return addr;
+        }
+    }
+    panic!("no 127.77.x.y with UDP and TCP port 53 free among 512 candidates");
+}
+
+/// A port free for both UDP and TCP on `addr` (bound, read, released).
+pub fn free_udp_tcp_port(addr: Ipv4Addr) -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind((addr, 0)).expect("bind udp port 0");
+        let port = udp.local_addr().expect("local_addr").port();
+        if TcpListener::bind((addr, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on {addr}");
+}
+
+/// What a DNS server answered to one query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsReply {
+    pub rcode: u8,
+    pub a: Vec<Ipv4Addr>,
+}
+
+/// One DNS query for the A record of `name` over UDP from the host to `server`, waiting at most
+/// `timeout`; None when nothing (or garbage) came back. For readiness checks of test resolvers.
+pub fn dns_query_a(server: SocketAddr, name: &str, timeout: Duration) -> Option<DnsReply> {
+    let sock = std::net::UdpSocket::bind(match server {
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(_) => "[::]:0",
+    })
+    .ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    let id = (std::process::id() as u16) ^ (next_id() as u16).rotate_left(7);
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        if from == server && n >= 12 && buf[..2] == id.to_be_bytes() {
+            return parse_dns_a(&buf[..n]);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+    }
+}
+
+fn parse_dns_a(m: &[u8]) -> Option<DnsReply> {
+    fn skip_name(m: &[u8], mut p: usize) -> Option<usize> {
+        loop {
+            let l = *m.get(p)? as usize;
+            if l == 0 {
+                return Some(p + 1);
+            }
+            if l & 0xc0 == 0xc0 {
+                return Some(p + 2);
+            }
+            p += 1 + l;
+        }
+    }
+    let rcode = m[3] & 0x0f;
+    let qd = u16::from_be_bytes([m[4], m[5]]);
+    let an = u16::from_be_bytes([m[6], m[7]]);
+    let mut p = 12;
+    for _ in 0..qd {
+        p = skip_name(m, p)? + 4;
+    }
+    let mut a = Vec::new();
+    for _ in 0..an {
+        p = skip_name(m, p)?;
+        let h = m.get(p..p + 10)?;
+        let (ty, len) = (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[8], h[9]]) as usize,
+        );
+        let rd = m.get(p + 10..p + 10 + len)?;
+        if ty == 1 && len == 4 {
+            a.push(Ipv4Addr::new(rd[0], rd[1], rd[2], rd[3]));
+        }
+        p += 10 + len;
+    }
+    Some(DnsReply { rcode, a })
+}
+
+/// A dnsmasq resolver for one test: answers only from its own records (`--local=/tapsplice.test/`
+/// plus the records the test gives, e.g. `--host-record=a.tapsplice.test,192.0.2.7`), forwards
+/// nothing, reads no host file, logs every query to a file in its temp dir. It listens on one
+/// address and port (`--bind-interfaces`), on the host or inside a test namespace. Started in the
+/// foreground by its PID and killed on drop.
+pub struct Dnsmasq {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    child: Child,
+    dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// On a fresh 127.77.x.y, port 53 (so a resolv.conf can name it).
+    pub fn on_loopback(records: &[String]) -> Dnsmasq {
+        Dnsmasq::start(None, unique_loopback_addr(), 53, records)
+    }
+
+    /// On `addr:port`, inside `ns` when given. Returns once it answers a query.
+    pub fn start(
+        ns: Option<&NetnsFixture>,
+        addr: Ipv4Addr,
+        port: u16,
+        records: &[String],
+    ) -> Dnsmasq {
+        let dnsmasq = find_tool("dnsmasq")
+            .expect("dnsmasq not installed (check require_tool(\"dnsmasq\") first)");
+        let dir = TempDir::new("tsdnsmasq");
+        let mut args: Vec<String> = vec![
+            "--keep-in-foreground".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--no-poll".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={addr}"),
+            format!("--port={port}"),
+            format!("--pid-file={}", dir.join("pid").display()),
+            "--log-queries".into(),
+            format!("--log-facility={}", dir.join("queries.log").display()),
+            "--cache-size=0".into(),
+            "--local=/tapsplice.test/".into(),
+        ];
+        args.extend(records.iter().cloned());
+        let mut cmd = match ns {
+            Some(ns) => ns.exec(&dnsmasq.to_string_lossy(), &args),
+            None => {
+                let mut c = Command::new(&dnsmasq);
+                c.args(&args);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let mut child = Child::spawn_logged(
+            &format!("dnsmasq on {addr}:{port}"),
+            &mut cmd,
+            dir.join("stderr"),
+        );
+        let server = SocketAddr::from((addr, port));
+        wait_for(
+            Duration::from_secs(15),
+            &format!("dnsmasq to answer on {server}"),
+            || {
+                if let Some(s) = child.try_status() {
+                    panic!(
+                        "dnsmasq on {server} exited ({}); stderr:\n{}",
+                        describe_status(s),
+                        child.log()
+                    );
+                }
+                dns_query_a(
+                    server,
+                    "ready-probe.tapsplice.test",
+                    Duration::from_millis(200),
+                )
+                .is_some()
+            },
+        );
+        Dnsmasq {
+            addr,
+            port,
+            child,
+            dir,
+        }
+    }
+
+    /// The query log so far.
+    pub fn query_log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.dir.join("queries.log")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// How many queries (any type, UDP or TCP) for exactly `name` it has logged.
+    pub fn queries_for(&self, name: &str) -> usize {
+        let needle = format!(" {name} from ");
+        self.query_log()
+            .lines()
+            .filter(|l| l.contains("query[") && l.contains(&needle))
+            .count()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+}
+
+/// A file written with `contents`, for `--resolv-conf`; lives in `dir`.
+pub fn write_resolv_conf(dir: &TempDir, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
+}
+
+/// The lines of `/proc/self/mountinfo` that mention `resolv.conf` (to check that nothing leaks
+/// into the test's own mount namespace).
+pub fn resolv_conf_mounts() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("resolv.conf"))
+        .map(String::from)
+        .collect()
+}
+
+impl Json {
+    /// The whole object.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.0
+    }
+
+    /// True when the object has key `k`.
+    pub fn has(&self, k: &str) -> bool {
+        self.0.get(k).is_some()
+    }
+
+    /// An array of strings.
+    pub fn strs(&self, k: &str) -> Vec<String> {
+        self.field(k)
+            .as_array()
+            .unwrap_or_else(|| panic!("{k:?} not an array in {self:?}"))
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{k:?} has a non-string in {self:?}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Every line of `out` that is a JSON object, parsed.
+    pub fn all_in(out: &str) -> Vec<Json> {
+        out.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('{'))
+            .map(Json::parse)
+            .collect()
+    }
+}
+
+/// The unprivileged test user ([`TEST_USER`], made by `scripts/test.sh`) with a copy of the
+/// binary under test in a temp dir it can read, for `tapsplice run` without root.
+pub struct RootlessUser {
+    pub user: nix::unistd::User,
+    /// The copy of the binary.
+    pub bin: PathBuf,
+    dir: TempDir,
+}
+
+impl RootlessUser {
+    /// Checks the prerequisites (skip, or fail under CI) and prepares the copy.
+    pub fn new() -> Option<RootlessUser> {
+        use std::os::unix::fs::PermissionsExt;
+        if !require_root_or_skip() || !require_tools(&["setpriv"]) {
+            return None;
+        }
+        let Some(user) = nix::unistd::User::from_name(TEST_USER).expect("getpwnam") else {
+            skip_or_fail(&format!(
+                "user {TEST_USER} does not exist (scripts/test.sh creates it)"
+            ));
+            return None;
+        };
+        let tun_mode = fs::metadata("/dev/net/tun")
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if tun_mode & 0o006 != 0o006 {
+            skip_or_fail(&format!(
+                "/dev/net/tun is mode {:o}, not usable by {TEST_USER} (scripts/test.sh sets 0666)",
+                tun_mode & 0o777
+            ));
+            return None;
+        }
+        let src = tapsplice_bin()?;
+        if !src.ends_with("tapsplice") {
+            skip_or_fail("TAPSPLICE_BIN is not tapsplice: no run mode to test");
+            return None;
+        }
+        let dir = TempDir::new("tsrootless");
+        let bin = dir.join("tapsplice");
+        fs::copy(&src, &bin)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), bin.display()));
+        for (p, mode) in [(dir.path(), 0o755), (bin.as_path(), 0o755)] {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown temp dir");
+        Some(RootlessUser { user, bin, dir })
+    }
+
+    /// A directory the user owns.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `program` run by `setpriv` as the test user, with a clean environment.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.user.uid))
+            .arg(format!("--regid={}", self.user.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .env_clear()
+            .env("HOME", &self.user.dir)
+            .env("USER", TEST_USER)
+            .env("LOGNAME", TEST_USER)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// `tapsplice run OPTS... -- ARGV...` (the copy) as the test user, captured.
+    pub fn tapsplice_run(&self, opts: &[&str], argv: &[String], deadline: Duration) -> Captured {
+        let mut cmd = self.command(&self.bin);
+        cmd.arg("run").args(opts).arg("--").args(argv);
+        run_capture(
+            &format!("tapsplice run {} as {TEST_USER}", opts.join(" ")),
+            &mut cmd,
+            None,
+            deadline,
+        )
+    }
+}
+
+/// A sysctl (a file under /proc/sys of the test's own network namespace) set for the life of
+/// the guard and restored on drop.
+pub struct SysctlGuard {
+    path: PathBuf,
+    old: String,
+}
+
+impl SysctlGuard {
+    pub fn set(path: &str, value: &str) -> SysctlGuard {
+        let path = PathBuf::from(path);
+        let old = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path:?}: {e}"));
+        SysctlGuard { path, old }
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, self.old.trim());
+    }
+}
