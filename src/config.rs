@@ -88,6 +88,8 @@ pub const IPV6_PREFIX_LEN: u8 = 64;
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle timeout of a UDP flow without replies (nf_conntrack_udp_timeout).
 pub const UDP_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle timeout of a DNS flow to N+3.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle timeout of an ICMP echo flow (nf_conntrack_icmp_timeout).
 pub const ECHO_TIMEOUT: Duration = Duration::from_secs(30);
 

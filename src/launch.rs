@@ -17,7 +17,7 @@ use crate::event_loop::{EventLoop, Outcome};
 use crate::flow::first_nameserver;
 use crate::sys::ifconfig::IfControl;
 use crate::sys::netns::{NsTarget, open_in_namespaces};
-use crate::sys::process::{IsolatedChild, inherited_fd, set_cloexec};
+use crate::sys::process::{IsolatedChild, inherited_fd, raise_fd_limit, set_cloexec};
 use crate::sys::tap::open_tap;
 
 /// Logs go to stderr; quiet (warnings only) unless `--debug` or `RUST_LOG` asks for more.
@@ -57,6 +57,7 @@ pub fn attach(opts: &AttachOptions) -> Result<u8> {
         },
     };
     let tap = open_tap_in(&target, &opts.tap_name, opts.configure.then_some(&opts.net))?;
+    raise_fd_limit();
     let mut event_loop =
         EventLoop::new(opts.net.clone(), tap, exit, None).context("set up the event loop")?;
     if let Some(Some(ready)) = ready {
@@ -79,6 +80,8 @@ pub fn run(opts: &RunOptions) -> Result<u8> {
     let resolv_conf = ContainerResolvConf::for_config(&opts.net)?;
     let mut child = IsolatedChild::spawn(&opts.command, own_userns, resolv_conf.path())
         .context("create namespaces")?;
+    // After the fork: the command keeps the limits it was started with.
+    raise_fd_limit();
     let target = NsTarget::of_pid(child.pid());
     let tap = match open_tap_in(&target, "tap0", Some(&opts.net)) {
         Ok(tap) => tap,

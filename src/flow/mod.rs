@@ -29,7 +29,7 @@ use icmp::{EchoFlow, EchoKey};
 use nat::{Nat, PingSocket};
 pub use resolver::first_nameserver;
 use tcp::{Status, TcpFlow};
-use udp::UdpFlow;
+use udp::{IdleTimeouts, UdpFlow};
 
 /// Most guest TCP flows at once; a SYN beyond this is answered with an RST and counted.
 pub const MAX_TCP_FLOWS: usize = 16_384;
@@ -261,12 +261,25 @@ impl FlowTable {
             kind: Kind::Udp,
             index: entry.key(),
         };
-        let mut flow = UdpFlow::new(key, host, now);
+        let cfg = self.nat.config();
+        let timeouts = if cfg.is_dns(key.remote.ip()) {
+            // A DNS exchange is one query and one answer; its flow need not linger (libslirp
+            // expires them fast too), or a resolver's random source ports pile up sockets.
+            IdleTimeouts {
+                unanswered: config::DNS_TIMEOUT,
+                answered: config::DNS_TIMEOUT,
+            }
+        } else {
+            IdleTimeouts {
+                unanswered: config::UDP_UNREPLIED_TIMEOUT.min(cfg.udp_timeout),
+                answered: cfg.udp_timeout,
+            }
+        };
+        let mut flow = UdpFlow::new(key, host, timeouts, now);
         registry
             .register(&mut flow.host, flow_ref.token(), Interest::READABLE)
             .ok()?;
-        let cfg = self.nat.config();
-        let expiry = flow.expires_at(cfg.udp_timeout, config::UDP_UNREPLIED_TIMEOUT);
+        let expiry = flow.expires_at();
         reschedule(&mut self.timers, flow_ref, &mut flow.deadline, Some(expiry));
         entry.insert(flow);
         self.udp_by_key.insert(key, flow_ref.index);
@@ -401,11 +414,9 @@ impl FlowTable {
                     }
                 }
                 Kind::Udp => {
-                    let cfg = self.nat.config();
-                    let (timeout, unreplied) = (cfg.udp_timeout, config::UDP_UNREPLIED_TIMEOUT);
                     if let Some(udp) = self.udp.get_mut(flow.index) {
                         udp.deadline = None;
-                        let expiry = udp.expires_at(timeout, unreplied);
+                        let expiry = udp.expires_at();
                         if expiry <= now {
                             let mut udp = self.udp.remove(flow.index);
                             self.udp_by_key.remove(&udp.key);

@@ -17,9 +17,17 @@ use smoltcp::time::Instant;
 use crate::stack::{FlowKey, Stack, Unreachable};
 use crate::sys::socket::recv_datagram;
 
+/// How long a UDP flow may stay idle: before its first reply, and after.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeouts {
+    pub unanswered: Duration,
+    pub answered: Duration,
+}
+
 pub struct UdpFlow {
     pub key: FlowKey,
     pub(super) host: UdpSocket,
+    timeouts: IdleTimeouts,
     last_active: Instant,
     replied: bool,
     /// The timer this flow is filed under in the table, if any.
@@ -37,10 +45,11 @@ fn unreachable_reason(err: &io::Error) -> Option<Unreachable> {
 }
 
 impl UdpFlow {
-    pub fn new(key: FlowKey, host: UdpSocket, now: Instant) -> Self {
+    pub fn new(key: FlowKey, host: UdpSocket, timeouts: IdleTimeouts, now: Instant) -> Self {
         UdpFlow {
             key,
             host,
+            timeouts,
             last_active: now,
             replied: false,
             deadline: None,
@@ -93,11 +102,11 @@ impl UdpFlow {
     }
 
     /// When the flow expires if nothing more happens.
-    pub fn expires_at(&self, timeout: Duration, unreplied: Duration) -> Instant {
+    pub fn expires_at(&self) -> Instant {
         let idle = if self.replied {
-            timeout
+            self.timeouts.answered
         } else {
-            unreplied.min(timeout)
+            self.timeouts.unanswered
         };
         self.last_active + smoltcp::time::Duration::from_micros(idle.as_micros() as u64)
     }

@@ -191,6 +191,17 @@ fn bind_resolv_conf(path: &Path) -> nix::Result<()> {
     )
 }
 
+/// Raises the soft limit on open files to the hard limit: every flow holds a host socket,
+/// and the usual soft limit of 1024 is far below the flow tables' bounds.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Whether `fd` is an open descriptor in this process.
 pub fn fd_is_open(fd: i32) -> bool {
     // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
