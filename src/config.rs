@@ -30,8 +30,9 @@ pub enum ConfigError {
     /// Neither an IPv4 address nor the name of an interface with one.
     #[error("outbound-addr has to be valid ipv4 address or interface name.")]
     OutboundAddr,
-    /// Neither an IPv6 address nor the name of an interface with one.
-    #[error("outbound-addr6 has to be valid ipv6 address or interface name.")]
+    /// Neither an IPv6 address nor the name of an interface with one. slirp4netns 1.2.0 prints
+    /// this text (sic: the IPv4 wording and "iterface") for `--outbound-addr6`; kept to the byte.
+    #[error("outbound-addr has to be valid ipv4 address or iterface name.")]
     OutboundAddr6,
     /// Not `IP` or `IP:PORT` / `[IPv6]:PORT`.
     #[error("dns-upstream has to be an IP address, optionally with :PORT")]

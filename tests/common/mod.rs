@@ -1852,3 +1852,658 @@ impl Drop for SysctlGuard {
         let _ = fs::write(&self.path, self.old.trim());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the IPv6 (`-6`) and `--outbound-addr` tests.
+
+/// The IPv6 gateway (`-6`): the host's ::1 as seen from the guest.
+pub const GATEWAY6: &str = "fd00::2";
+/// The IPv6 DNS address (`-6`).
+pub const DNS6: &str = "fd00::3";
+
+/// The family-agnostic helper run inside namespaces (and on the host): `python3 -c PY_NET MODE
+/// ARGS...`. Every line it prints is a JSON object with `"mode"`. Addresses are IPv6 when they
+/// contain `:`. TCP streams are the pattern streams of the module doc; UDP payloads are
+/// `sha256("tapsplice-udp:{seed}:{i}")` repeated, as in the UDP tests.
+///
+/// - `tcp_client HOST PORT SEND_LEN SEED TIMEOUT`: connect, send the stream, shut down the write
+///   side, read to EOF: `{"ok":true,"local","sent_len","sent_sha","recv_len","recv_sha",
+///   "connect_ms"}` or `{"ok":false,"stage":"connect"|"data","errno","error","elapsed_ms"}`.
+/// - `tcp_server BIND_IP REPLY_LEN REPLY_SEED COUNT`: prints `{"port"}`, then serves COUNT
+///   connections one after the other (read to EOF, send the reply stream, close), printing for
+///   each `{"ok":true,"peer","recv_len","recv_sha","sent_len","sent_sha"}`: `peer` is the
+///   client's source address.
+/// - `udp_server BIND_IP IDLE`: prints `{"port"}`, echoes every datagram and prints
+///   `{"from","from_port","len","sha"}` for each, until IDLE seconds pass without one.
+/// - `udp_echo HOST PORT SEED SIZES TIMEOUT`: one socket sends datagram `i` of each size (comma
+///   list) and waits for its byte-identical echo from HOST:PORT: `{"ok":true,"count","local",
+///   "sent_len","sent_sha","recv_len","recv_sha"}` or `{"ok":false,"stage",...}`.
+/// - `udp_error HOST PORT TIMEOUT [RECVERR]`: a connected socket sends one datagram and reads:
+///   `{"result":"error","errno",...}`, `{"result":"timeout"}` or `{"result":"data"}`. With
+///   RECVERR `1` it sets IP_RECVERR / IPV6_RECVERR (the kernel reports "soft" ICMP errors such as
+///   net unreachable only then) and adds the ICMP error's `ee_origin`, `ee_type`, `ee_code`.
+/// - `icmp_watch 4|6 IDLE`: a raw ICMP (ICMPv6) socket; prints `{"ready":true}`, then
+///   `{"from","id","seq"}` for every echo request that arrives, until IDLE seconds of silence.
+pub const PY_NET: &str = r#"
+import hashlib, json, socket, struct, sys, time
+
+BLOCK = 1 << 20
+IO_TIMEOUT = 60.0
+_blocks = {}
+MODE = sys.argv[1]
+
+def out(o):
+    o = dict(o, mode=MODE)
+    sys.stdout.write(json.dumps(o, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+def ms(t0):
+    return int((time.monotonic() - t0) * 1000)
+
+def fam(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+def err(e):
+    n = getattr(e, "errno", None)
+    return {"errno": n if n is not None else -1, "error": str(e) or type(e).__name__}
+
+def block(seed):
+    b = _blocks.get(seed)
+    if b is None:
+        b = bytearray(b"".join(hashlib.sha256(b"tapsplice:%d:%d" % (seed, i)).digest()
+                               for i in range(BLOCK // 32)))
+        _blocks[seed] = b
+    return b
+
+def send_stream(sock, seed, n, h):
+    blk = block(seed)
+    mv = memoryview(blk)
+    sent = k = 0
+    while sent < n:
+        blk[0:8] = k.to_bytes(8, "little")
+        m = min(BLOCK, n - sent)
+        sock.sendall(mv[:m])
+        h.update(mv[:m])
+        sent += m
+        k += 1
+    return sent
+
+def recv_stream(sock, h):
+    buf = bytearray(256 * 1024)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        r = sock.recv_into(buf)
+        if r == 0:
+            return total
+        h.update(mv[:r])
+        total += r
+
+def payload(seed, i, size):
+    h = hashlib.sha256(b"tapsplice-udp:%d:%d" % (int(seed), int(i))).digest()
+    return (h * (size // 32 + 1))[:size]
+
+def same_addr(a, b, f):
+    return socket.inet_pton(f, a) == socket.inet_pton(f, b)
+
+def tcp_client(host, port, n, seed, timeout):
+    t0 = time.monotonic()
+    s = socket.socket(fam(host), socket.SOCK_STREAM)
+    s.settimeout(float(timeout))
+    try:
+        s.connect((host, int(port)))
+    except OSError as e:
+        return out(dict(ok=False, stage="connect", elapsed_ms=ms(t0), **err(e)))
+    cms = ms(t0)
+    s.settimeout(IO_TIMEOUT)
+    local = s.getsockname()[0]
+    hs, hr = hashlib.sha256(), hashlib.sha256()
+    try:
+        sent = send_stream(s, int(seed), int(n), hs)
+        s.shutdown(socket.SHUT_WR)
+        recvd = recv_stream(s, hr)
+        s.close()
+    except OSError as e:
+        return out(dict(ok=False, stage="data", elapsed_ms=ms(t0), **err(e)))
+    out({"ok": True, "local": local, "sent_len": sent, "sent_sha": hs.hexdigest(),
+         "recv_len": recvd, "recv_sha": hr.hexdigest(), "connect_ms": cms, "elapsed_ms": ms(t0)})
+
+def tcp_server(bind_ip, n, seed, count):
+    ls = socket.socket(fam(bind_ip), socket.SOCK_STREAM)
+    ls.bind((bind_ip, 0))
+    ls.listen(16)
+    out({"port": ls.getsockname()[1]})
+    ls.settimeout(IO_TIMEOUT)
+    for _ in range(int(count)):
+        t0 = time.monotonic()
+        try:
+            c, peer = ls.accept()
+            c.settimeout(IO_TIMEOUT)
+            hr, hs = hashlib.sha256(), hashlib.sha256()
+            recvd = recv_stream(c, hr)
+            sent = send_stream(c, int(seed), int(n), hs)
+            c.shutdown(socket.SHUT_WR)
+            c.close()
+        except OSError as e:
+            out(dict(ok=False, stage="serve", elapsed_ms=ms(t0), **err(e)))
+            continue
+        out({"ok": True, "peer": peer[0], "peer_port": peer[1], "recv_len": recvd,
+             "recv_sha": hr.hexdigest(), "sent_len": sent, "sent_sha": hs.hexdigest(),
+             "elapsed_ms": ms(t0)})
+
+def udp_server(bind_ip, idle):
+    s = socket.socket(fam(bind_ip), socket.SOCK_DGRAM)
+    s.bind((bind_ip, 0))
+    out({"port": s.getsockname()[1]})
+    s.settimeout(float(idle))
+    while True:
+        try:
+            data, frm = s.recvfrom(1 << 17)
+        except socket.timeout:
+            return out({"idle": True})
+        s.sendto(data, frm)
+        out({"from": frm[0], "from_port": frm[1], "len": len(data),
+             "sha": hashlib.sha256(data).hexdigest()})
+
+def udp_echo(host, port, seed, sizes, timeout):
+    f = fam(host)
+    dest = (host, int(port))
+    s = socket.socket(f, socket.SOCK_DGRAM)
+    s.settimeout(float(timeout))
+    hs, hr = hashlib.sha256(), hashlib.sha256()
+    sl = rl = n = 0
+    t0 = time.monotonic()
+    for i, size in enumerate(int(x) for x in sizes.split(",")):
+        p = payload(seed, i, size)
+        try:
+            s.sendto(p, dest)
+        except OSError as e:
+            return out(dict(ok=False, stage="send", index=i, size=size, **err(e)))
+        hs.update(p); sl += len(p)
+        try:
+            data, frm = s.recvfrom(1 << 17)
+        except OSError as e:
+            return out(dict(ok=False, stage="recv", index=i, size=size, **err(e)))
+        hr.update(data); rl += len(data); n += 1
+        if frm[1] != dest[1] or not same_addr(frm[0], host, f) or data != p:
+            return out({"ok": False, "stage": "check", "index": i, "size": size, "from": frm[0],
+                        "from_port": frm[1], "got_len": len(data), "equal": data == p})
+    out({"ok": True, "count": n, "local": s.getsockname()[0], "sent_len": sl,
+         "sent_sha": hs.hexdigest(), "recv_len": rl, "recv_sha": hr.hexdigest(),
+         "elapsed_ms": ms(t0)})
+
+def udp_error(host, port, timeout, recverr="0"):
+    f = fam(host)
+    s = socket.socket(f, socket.SOCK_DGRAM)
+    level, opt = (socket.IPPROTO_IPV6, 25) if f == socket.AF_INET6 else (socket.IPPROTO_IP, 11)
+    if recverr == "1":
+        s.setsockopt(level, opt, 1)  # IPV6_RECVERR / IP_RECVERR
+    s.connect((host, int(port)))
+    s.settimeout(float(timeout))
+    t0 = time.monotonic()
+    try:
+        s.send(b"tapsplice-error-probe")
+        data = s.recv(2048)
+        return out({"result": "data", "len": len(data), "elapsed_ms": ms(t0)})
+    except socket.timeout:
+        return out({"result": "timeout", "elapsed_ms": ms(t0)})
+    except OSError as e:
+        r = dict(result="error", elapsed_ms=ms(t0), **err(e))
+    if recverr == "1":
+        try:
+            _, anc, _, _ = s.recvmsg(2048, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            for lvl, typ, data in anc:
+                if lvl == level and typ == opt and len(data) >= 16:
+                    ee_errno, origin, etype, code, _, _, _ = struct.unpack("=IBBBBII", data[:16])
+                    r.update({"ee_errno": ee_errno, "ee_origin": origin, "ee_type": etype,
+                              "ee_code": code})
+        except OSError as e:
+            r["errqueue_error"] = str(e)
+    out(r)
+
+def icmp_watch(family, idle):
+    if family == "6":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    out({"ready": True})
+    s.settimeout(float(idle))
+    while True:
+        try:
+            data, frm = s.recvfrom(65536)
+        except socket.timeout:
+            return out({"idle": True})
+        if family == "6":
+            if len(data) >= 8 and data[0] == 128:
+                ident, seq = struct.unpack("!HH", data[4:8])
+                out({"from": frm[0], "id": ident, "seq": seq})
+        else:
+            ihl = (data[0] & 15) * 4
+            if len(data) >= ihl + 8 and data[ihl] == 8:
+                ident, seq = struct.unpack("!HH", data[ihl + 4:ihl + 8])
+                out({"from": socket.inet_ntoa(data[12:16]), "id": ident, "seq": seq})
+
+{"tcp_client": tcp_client, "tcp_server": tcp_server, "udp_server": udp_server,
+ "udp_echo": udp_echo, "udp_error": udp_error, "icmp_watch": icmp_watch}[MODE](*sys.argv[2:])
+"#;
+
+/// `["-c", PY_NET, mode, args...]`: the arguments after [`PYTHON`] (for [`NetnsFixture::exec`]).
+pub fn py_net_args(mode: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec!["-c".to_string(), PY_NET.to_string(), mode.to_string()];
+    v.extend(args.iter().cloned());
+    v
+}
+
+/// `[PYTHON, "-c", PY_NET, mode, args...]`: a whole argv.
+pub fn py_net(mode: &str, args: &[String]) -> Vec<String> {
+    with_python(py_net_args(mode, args))
+}
+
+/// Shell functions for guest scripts (see [`guest_sh`]): `py MODE ARGS...` runs [`PY_NET`];
+/// `wait_slaac` waits (15 s deadline) until tap0 has a global fd00:: address that is no longer
+/// tentative and a default route via fe80::2, then prints `{"mode":"slaac","addr":...}`; on
+/// timeout it says what it waited for (with the addresses and routes) and exits 97.
+pub const GUEST_SH_PRELUDE: &str = r#"PY=$1; NET=$2; shift 2
+py() { "$PY" -c "$NET" "$@"; }
+wait_slaac() {
+  end=$(( $(date +%s) + 15 ))
+  while :; do
+    a=$(ip -6 -o addr show dev tap0 scope global 2>/dev/null | grep ' inet6 fd00::' | grep -v tentative | head -n 1)
+    r=$(ip -6 route show default 2>/dev/null | grep 'via fe80::2 dev tap0')
+    if [ -n "$a" ] && [ -n "$r" ]; then
+      echo "{\"mode\":\"slaac\",\"addr\":\"$(echo "$a" | awk '{print $4}')\"}"
+      return 0
+    fi
+    if [ "$(date +%s)" -ge "$end" ]; then
+      echo "timed out after 15 s waiting for SLAAC: a non-tentative fd00::/64 address on tap0 and a default route via fe80::2" >&2
+      ip -6 addr show >&2
+      ip -6 route show >&2
+      exit 97
+    fi
+    sleep 0.05
+  done
+}
+"#;
+
+/// `["/bin/sh", "-c", PRELUDE + body, "sh", PYTHON, PY_NET, args...]`: a guest script with
+/// [`GUEST_SH_PRELUDE`]'s `py` and `wait_slaac`; `args` are `$1...` inside `body`.
+pub fn guest_sh(body: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec![PYTHON.to_string(), PY_NET.to_string()];
+    v.extend(args.iter().cloned());
+    sh_script(&format!("{GUEST_SH_PRELUDE}{body}"), &v)
+}
+
+/// The JSON line of `out` whose `"mode"` is `mode`; panics (with the output) unless exactly one.
+pub fn json_of_mode(out: &str, mode: &str) -> Json {
+    let mut found: Vec<Json> = Json::all_in(out)
+        .into_iter()
+        .filter(|j| j.value().get("mode").and_then(serde_json::Value::as_str) == Some(mode))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {mode:?} report in the output:\n{out}"
+    );
+    found.remove(0)
+}
+
+/// A child (e.g. a [`PY_NET`] server) whose stdout lines are collected as they come; stderr
+/// goes to a log shown on panic. Killed (by its PID) and reaped on drop.
+pub struct LineChild {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    lines: Vec<String>,
+    _dir: TempDir,
+}
+
+impl LineChild {
+    pub fn spawn(what: &str, cmd: &mut Command) -> LineChild {
+        let dir = TempDir::new("tsline");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = Child::spawn_logged(what, cmd, dir.join("stderr"));
+        let stdout = child.inner().stdout.take().expect("stdout pipe");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineChild {
+            child,
+            rx,
+            lines: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Every JSON line printed so far (without waiting).
+    pub fn json_lines(&mut self) -> Vec<Json> {
+        while let Ok(l) = self.rx.try_recv() {
+            self.lines.push(l);
+        }
+        Json::all_in(&self.lines.join("\n"))
+    }
+
+    /// Waits until at least `n` of the JSON lines printed so far satisfy `pred`; returns all of
+    /// those. Panics after `deadline` (or when the child ends first) naming `what`.
+    pub fn wait_json_n(
+        &mut self,
+        what: &str,
+        n: usize,
+        deadline: Duration,
+        pred: impl Fn(&Json) -> bool,
+    ) -> Vec<Json> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<Json> = self.json_lines().into_iter().filter(&pred).collect();
+            if found.len() >= n {
+                return found;
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(l) => self.lines.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => panic!(
+                    "timed out after {deadline:?} waiting for {what} from {}; stdout so far:\n{}\nstderr:\n{}",
+                    self.child.what,
+                    self.lines.join("\n"),
+                    self.child.log()
+                ),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait_deadline(Duration::from_secs(5));
+                    panic!(
+                        "{} ended ({}) before {what}; stdout:\n{}\nstderr:\n{}",
+                        self.child.what,
+                        describe_status(status),
+                        self.lines.join("\n"),
+                        self.child.log()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The first JSON line satisfying `pred` (waiting at most `deadline`).
+    pub fn wait_json(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&Json) -> bool,
+    ) -> Json {
+        self.wait_json_n(what, 1, deadline, pred).remove(0)
+    }
+
+    /// The port a [`PY_NET`] server printed first.
+    pub fn wait_port(&mut self, deadline: Duration) -> u16 {
+        let j = self.wait_json("its port", deadline, |j| j.has("port"));
+        u16::try_from(j.u64("port")).expect("port fits u16")
+    }
+}
+
+/// A [`PY_NET`] server (`tcp_server`, `udp_server`, `icmp_watch`) inside `ns`, or on the host
+/// when `ns` is None.
+pub fn py_net_child(
+    what: &str,
+    ns: Option<&NetnsFixture>,
+    mode: &str,
+    args: &[String],
+) -> LineChild {
+    let mut cmd = match ns {
+        Some(ns) => ns.exec(PYTHON, &py_net_args(mode, args)),
+        None => {
+            let mut c = Command::new(PYTHON);
+            c.args(py_net_args(mode, args));
+            c
+        }
+    };
+    LineChild::spawn(what, &mut cmd)
+}
+
+/// A "remote" host for IPv4 and IPv6: a namespace of its own reached from the host netns over a
+/// veth pair. The pair gets a /24 in 10.202.0.0/16 and a /64 in fd42::/16 chosen per test (and
+/// not in use on the host): the peer end has `.2` and `::2`, the host end one address for each
+/// of the host parts given (in that order: the first is the interface's first address). IPv6
+/// duplicate address detection is off on both ends, so no address is ever tentative. The host
+/// end (and with it the peer end) is deleted on drop, then the namespace.
+pub struct DualStackPeer {
+    host_if: String,
+    pub peer_if: String,
+    /// The host end's IPv4 addresses, in the order they were added.
+    pub host4: Vec<Ipv4Addr>,
+    pub peer4: Ipv4Addr,
+    /// The host end's global IPv6 addresses, in the order they were added.
+    pub host6: Vec<std::net::Ipv6Addr>,
+    pub peer6: std::net::Ipv6Addr,
+    /// `10.202.X.0/24`.
+    pub prefix4: String,
+    /// `fd42:X:Y::/64`.
+    pub prefix6: String,
+    pub ns: NetnsFixture,
+}
+
+impl DualStackPeer {
+    /// `host4` and `host6` are the last octet / last group of the host end's addresses
+    /// (e.g. `&[1, 5]`); neither may contain 2 (the peer).
+    pub fn new(host4: &[u8], host6: &[u16]) -> DualStackPeer {
+        use std::net::Ipv6Addr;
+        assert!(
+            !host4.contains(&2) && !host6.contains(&2),
+            ".2 / ::2 is the peer"
+        );
+        let ns = NetnsFixture::new();
+        let n = next_id();
+        let tag = format!("{:x}{:x}", std::process::id(), n);
+        let host_if = format!("tsd{tag}");
+        let peer_if = format!("tse{tag}");
+        assert!(host_if.len() <= 15, "interface name {host_if} too long");
+        let used = format!(
+            "{}\n{}",
+            sh_ok("ip", &["-o", "addr", "show"]).stdout_str(),
+            sh_ok("ip", &["route", "show", "table", "all"]).stdout_str()
+        );
+        let pid = std::process::id();
+        let (a, x, y) = (0..64u32)
+            .map(|attempt| {
+                let a = ((pid.wrapping_mul(31) + n * 7 + attempt * 53) % 254 + 1) as u8;
+                let x = (pid & 0xffff) as u16;
+                let y = ((n * 131 + attempt) & 0xffff) as u16;
+                (a, x, y)
+            })
+            .find(|(a, x, y)| {
+                !used.contains(&format!("10.202.{a}."))
+                    && !used.contains(&format!("fd42:{x:x}:{y:x}:"))
+            })
+            .expect("no free 10.202.X.0/24 and fd42:X:Y::/64 among 64 candidates");
+        let v4 = |last: u8| Ipv4Addr::new(10, 202, a, last);
+        let v6 = |last: u16| Ipv6Addr::new(0xfd42, x, y, 0, 0, 0, 0, last);
+        sh_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+                "netns",
+                ns.name(),
+            ],
+        );
+        // From here on, Drop removes the link.
+        let peer = DualStackPeer {
+            host_if,
+            peer_if,
+            host4: host4.iter().map(|&l| v4(l)).collect(),
+            peer4: v4(2),
+            host6: host6.iter().map(|&l| v6(l)).collect(),
+            peer6: v6(2),
+            prefix4: format!("10.202.{a}.0/24"),
+            prefix6: format!("fd42:{x:x}:{y:x}::/64"),
+            ns,
+        };
+        let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", peer.host_if);
+        fs::write(&dad, "0").unwrap_or_else(|e| panic!("write 0 to {dad}: {e}"));
+        let c = run_capture(
+            "accept_dad=0 in the peer namespace",
+            &mut peer.ns.exec(
+                "/bin/sh",
+                &[
+                    "-c".into(),
+                    "echo 0 >/proc/sys/net/ipv6/conf/$1/accept_dad".into(),
+                    "sh".into(),
+                    peer.peer_if.clone(),
+                ],
+            ),
+            None,
+            Duration::from_secs(30),
+        );
+        c.assert_success("accept_dad=0 in the peer namespace");
+        for addr in &peer.host4 {
+            sh_ok(
+                "ip",
+                &["addr", "add", &format!("{addr}/24"), "dev", &peer.host_if],
+            );
+        }
+        for addr in &peer.host6 {
+            sh_ok(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr}/64"),
+                    "dev",
+                    &peer.host_if,
+                    "nodad",
+                ],
+            );
+        }
+        sh_ok("ip", &["link", "set", &peer.host_if, "up"]);
+        peer.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", peer.peer4),
+            "dev",
+            &peer.peer_if,
+        ]);
+        peer.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", peer.peer6),
+            "dev",
+            &peer.peer_if,
+            "nodad",
+        ]);
+        peer.ns.ip(&["link", "set", &peer.peer_if, "up"]);
+        peer
+    }
+
+    pub fn host_if(&self) -> &str {
+        &self.host_if
+    }
+
+    /// The source address the host's routing picks towards `dest` (`ip route get`).
+    pub fn host_route_src(dest: std::net::IpAddr) -> std::net::IpAddr {
+        let out = sh_ok("ip", &["-o", "route", "get", &dest.to_string()]).stdout_str();
+        let mut words = out.split_whitespace();
+        words
+            .find(|w| *w == "src")
+            .and_then(|_| words.next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no src in `ip route get {dest}`: {out}"))
+    }
+}
+
+impl Drop for DualStackPeer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl TestServer {
+    /// Like [`TestServer::start`], listening on `bind` (port 0 for any), e.g. `[::1]:0`.
+    pub fn start_on(bind: SocketAddr, reply_seed: u64, reply_len: u64) -> TestServer {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let block = Arc::new(pattern_block(reply_seed));
+        let thread = {
+            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (records, block) = (records.clone(), block.clone());
+                    thread::spawn(move || {
+                        let rec = serve_conn(conn, &block, reply_len);
+                        records.lock().unwrap().push(rec);
+                    });
+                }
+            })
+        };
+        TestServer {
+            addr,
+            records,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A UDP port on `ip` with nothing bound to it: bound, read, released.
+pub fn closed_udp_port(ip: std::net::IpAddr) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind udp {ip}: {e}"));
+    s.local_addr().expect("local_addr").port()
+}
+
+/// Checks an iputils ping transcript: one reply from `from` for each icmp_seq 1..=count, each of
+/// `bytes` bytes, no duplicates or errors, and the summary line.
+pub fn assert_ping_transcript(out: &str, from: &str, count: u32, bytes: u32) {
+    for seq in 1..=count {
+        let prefix = format!("{bytes} bytes from {from}: icmp_seq={seq} ");
+        let n = out.lines().filter(|l| l.starts_with(&prefix)).count();
+        assert_eq!(
+            n, 1,
+            "expected one reply line starting {prefix:?}, found {n}:\n{out}"
+        );
+    }
+    let replies = out.lines().filter(|l| l.contains(" bytes from ")).count();
+    assert_eq!(replies, count as usize, "reply lines:\n{out}");
+    for bad in ["DUP!", "wrong data", "Unreachable", "Time to live exceeded"] {
+        assert!(!out.contains(bad), "ping reported {bad:?}:\n{out}");
+    }
+    assert!(
+        out.contains(&format!(
+            "{count} packets transmitted, {count} received, 0% packet loss"
+        )),
+        "ping summary:\n{out}"
+    );
+}
+
+/// Datagram `i` of `seed`, `size` bytes: `sha256("tapsplice-udp:{seed}:{i}")` repeated (as
+/// `payload` in [`PY_NET`]).
+pub fn py_net_payload(seed: u64, i: u64, size: usize) -> Vec<u8> {
+    let h = Sha256::digest(format!("tapsplice-udp:{seed}:{i}").as_bytes());
+    h.iter().copied().cycle().take(size).collect()
+}
