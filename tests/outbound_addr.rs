@@ -453,10 +453,7 @@ fn bad_outbound_addr_in_slirp4netns_mode() {
     let ns = NetnsFixture::new();
     for (opt, lines) in [
         ("--outbound-addr=nosuchif", &[V4_ERROR][..]),
-        (
-            "--outbound-addr6=nosuchif",
-            &[V6_ERROR][..],
-        ),
+        ("--outbound-addr6=nosuchif", &[V6_ERROR][..]),
     ] {
         let mut cmd = std::process::Command::new(&bin);
         cmd.args(["-c", "-6", opt, "--netns-type=path", &ns.path(), "tap0"]);
