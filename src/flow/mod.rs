@@ -56,6 +56,12 @@ struct FlowRef {
 }
 
 impl FlowRef {
+    /// Sorts after every real flow with the same deadline (for range bounds).
+    const LAST: FlowRef = FlowRef {
+        kind: Kind::Echo,
+        index: usize::MAX,
+    };
+
     fn token(self) -> Token {
         Token(FIRST_FLOW_TOKEN + (self.index << 2 | self.kind as usize))
     }
@@ -400,12 +406,14 @@ impl FlowTable {
     }
 
     /// Handles every flow whose timer is due.
+    ///
+    /// Only the timers due on entry run: a flow that files itself again for "now" (smoltcp
+    /// does while the TAP queue is full) waits for the next turn of the loop, after the queue
+    /// was written out, instead of spinning here.
     pub fn on_timers(&mut self, now: Instant, stack: &mut Stack, registry: &Registry) {
-        while let Some(&(deadline, flow)) = self.timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.timers.pop_first();
+        let later = self.timers.split_off(&(now, FlowRef::LAST));
+        let due = std::mem::replace(&mut self.timers, later);
+        for (_, flow) in due {
             match flow.kind {
                 Kind::Tcp => {
                     if let Some(tcp) = self.tcp.get_mut(flow.index) {
