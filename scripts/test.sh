@@ -75,6 +75,9 @@ if [ "$test_rc" -ne 0 ]; then
     failed_steps+=("test")
 fi
 
+# The benchmark harness must keep working: every case produces a figure (never a speed check).
+step bench-smoke ./scripts/bench.sh --quick --check
+
 read -r passed failed < <(awk '
     /^test result:/ {
         for (i = 1; i <= NF; i++) {
