@@ -1,0 +1,321 @@
+//! Servers on the host's loopback: a TCP server of pattern streams and a minimal HTTP server.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use super::*;
+
+/// What the test server saw on one connection.
+#[derive(Clone, Debug)]
+pub struct ConnRecord {
+    /// Everything the client sent up to its EOF.
+    pub received: Digest,
+    /// What the server wrote back.
+    pub sent: Digest,
+    /// An I/O error that cut the exchange short.
+    pub error: Option<String>,
+}
+
+/// A TCP server on 127.0.0.1:0: for each connection it reads to EOF (hashing and counting), then
+/// writes the pattern stream (`reply_seed`, `reply_len` bytes) and closes. Stopped on drop.
+pub struct TestServer {
+    addr: SocketAddr,
+    records: Arc<Mutex<Vec<ConnRecord>>>,
+    accepted: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Per-operation I/O timeout on server sockets, so a stuck test cannot hang a server thread.
+const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl TestServer {
+    pub fn start(reply_seed: u64, reply_len: u64) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let block = Arc::new(pattern_block(reply_seed));
+        let thread = {
+            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (records, block) = (records.clone(), block.clone());
+                    thread::spawn(move || {
+                        let rec = serve_conn(conn, &block, reply_len);
+                        records.lock().unwrap().push(rec);
+                    });
+                }
+            })
+        };
+        TestServer {
+            addr,
+            records,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Records of finished connections, in the order they finished.
+    pub fn records(&self) -> Vec<ConnRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` connections have finished; returns their records.
+    pub fn wait_records(&self, n: usize, deadline: Duration) -> Vec<ConnRecord> {
+        wait_for_value(
+            deadline,
+            &format!("{n} finished connections at the test server"),
+            || {
+                let r = self.records();
+                (r.len() >= n).then_some(r)
+            },
+        )
+    }
+}
+
+fn serve_conn(mut conn: TcpStream, block: &[u8], reply_len: u64) -> ConnRecord {
+    let _ = conn.set_read_timeout(Some(SERVER_IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(SERVER_IO_TIMEOUT));
+    let mut rx = Hasher::default();
+    let mut tx = Hasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = (|| -> io::Result<()> {
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            rx.update(&buf[..n]);
+        }
+        let mut chunk = block.to_vec();
+        let mut left = reply_len;
+        let mut k: u64 = 0;
+        while left > 0 {
+            chunk[..8].copy_from_slice(&k.to_le_bytes());
+            let n = left.min(BLOCK as u64) as usize;
+            conn.write_all(&chunk[..n])?;
+            tx.update(&chunk[..n]);
+            left -= n as u64;
+            k += 1;
+        }
+        conn.shutdown(std::net::Shutdown::Write)
+    })();
+    ConnRecord {
+        received: rx.finish(),
+        sent: tx.finish(),
+        error: result.err().map(|e| e.to_string()),
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening: bound, read, released.
+pub fn refused_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// One HTTP request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct HttpRecord {
+    pub request_line: String,
+    /// The request body (`Content-Length` bytes), empty for GET.
+    pub body: Digest,
+    /// What the server sent as the response body.
+    pub sent: Digest,
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1:0 answering every request with `200` and a fixed
+/// body (`Connection: close`), recording the request body's digest. Stopped on drop.
+pub struct HttpServer {
+    addr: SocketAddr,
+    records: Arc<Mutex<Vec<HttpRecord>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(body: Vec<u8>) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = Arc::new(body);
+        let thread = {
+            let (records, stop) = (records.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (records, body) = (records.clone(), body.clone());
+                    thread::spawn(move || {
+                        if let Ok(rec) = serve_http(conn, &body) {
+                            records.lock().unwrap().push(rec);
+                        }
+                    });
+                }
+            })
+        };
+        HttpServer {
+            addr,
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn records(&self) -> Vec<HttpRecord> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+fn serve_http(mut conn: TcpStream, body: &[u8]) -> io::Result<HttpRecord> {
+    conn.set_read_timeout(Some(SERVER_IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(SERVER_IO_TIMEOUT))?;
+    // Headers: at most 64 KiB.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let header_end = loop {
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if head.len() > 64 * 1024 {
+            return Err(io::Error::other("headers too long"));
+        }
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::other("EOF in headers"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let text = String::from_utf8_lossy(&head[..header_end]).into_owned();
+    let request_line = text.lines().next().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let content_length: u64 = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // curl asks first for bodies over 1 MiB; answering saves its 1 s wait.
+    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let mut rx = Hasher::default();
+    let already = &head[header_end..];
+    let first = already.len().min(content_length as usize);
+    rx.update(&already[..first]);
+    let mut left = content_length - first as u64;
+    let mut big = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = left.min(big.len() as u64) as usize;
+        let n = conn.read(&mut big[..want])?;
+        if n == 0 {
+            return Err(io::Error::other("EOF in body"));
+        }
+        rx.update(&big[..n]);
+        left -= n as u64;
+    }
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(header.as_bytes())?;
+    conn.write_all(body)?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    Ok(HttpRecord {
+        request_line,
+        body: rx.finish(),
+        sent: Digest::of(body),
+    })
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl TestServer {
+    /// Like [`TestServer::start`], listening on `bind` (port 0 for any), e.g. `[::1]:0`.
+    pub fn start_on(bind: SocketAddr, reply_seed: u64, reply_len: u64) -> TestServer {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().expect("local_addr");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let block = Arc::new(pattern_block(reply_seed));
+        let thread = {
+            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (records, block) = (records.clone(), block.clone());
+                    thread::spawn(move || {
+                        let rec = serve_conn(conn, &block, reply_len);
+                        records.lock().unwrap().push(rec);
+                    });
+                }
+            })
+        };
+        TestServer {
+            addr,
+            records,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A UDP port on `ip` with nothing bound to it: bound, read, released.
+pub fn closed_udp_port(ip: std::net::IpAddr) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind udp {ip}: {e}"));
+    s.local_addr().expect("local_addr").port()
+}
