@@ -7,19 +7,11 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 const SHORT: Duration = Duration::from_secs(30);
-
-fn prereqs() -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON, "udhcpc"]) {
-        return None;
-    }
-    tapsplice_bin()
-}
 
 /// udhcpc's script: prints what it was given, one `udhcpc-event` line per call, and on `bound`
 /// configures the interface (address, then default route) with `ip`.
@@ -132,7 +124,9 @@ fn lease(bin: &std::path::Path, extra: &[&str]) -> (NetnsFixture, SlirpProcess, 
 /// and pings the gateway.
 #[test]
 fn dhcp_udhcpc_gets_lease_and_routes() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&["udhcpc"]) else {
+        return;
+    };
     let (ns, mut main, lease, _dir) = lease(&bin, &[]);
     assert_eq!(lease.get("interface"), "tap0");
     assert_eq!(
@@ -195,7 +189,9 @@ fn dhcp_udhcpc_gets_lease_and_routes() {
 /// N+2 = 10.0.135.130, DNS N+3 = 10.0.135.131, mask /25.
 #[test]
 fn dhcp_follows_cidr() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&["udhcpc"]) else {
+        return;
+    };
     let (ns, mut main, lease, _dir) = lease(&bin, &["--cidr=10.0.135.128/25"]);
     assert_eq!(lease.get("ip"), "10.0.135.143");
     assert_eq!(lease.get("router"), "10.0.135.130");

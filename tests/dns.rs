@@ -9,20 +9,14 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::{Digest as _, Sha256};
 
 const SHORT: Duration = Duration::from_secs(30);
-
-fn prereqs() -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON, "dnsmasq", "dig", "getent"]) {
-        return None;
-    }
-    tapsplice_bin()
-}
+/// What every test here runs besides `ip` and python.
+const DNS_TOOLS: &[&str] = &["dnsmasq", "dig", "getent"];
 
 fn host_record(name: &str, ip: &str) -> String {
     format!("--host-record={name},{ip}")
@@ -55,7 +49,9 @@ fn dig_in_run(bin: &std::path::Path, opts: &[&str], name: &str, tcp: bool) -> Ve
 }
 
 fn relayed(tcp: bool) {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = if tcp {
         "tcp.tapsplice.test"
     } else {
@@ -94,7 +90,9 @@ fn dns_tcp_query_relayed_to_loopback_resolver() {
 /// whole answer must arrive. Strings checked exactly (and by SHA-256).
 #[test]
 fn dns_large_answer_truncated_over_udp_whole_over_tcp() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "big.tapsplice.test";
     let strings: Vec<String> = (0..12)
         .map(|i| {
@@ -152,7 +150,9 @@ fn dns_large_answer_truncated_over_udp_whole_over_tcp() {
 /// NXDOMAIN from the resolver, and NXDOMAIN in the guest.
 #[test]
 fn dns_nxdomain_passes_through() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let dns = Dnsmasq::on_loopback(&[]);
     let dir = TempDir::new("tsdns");
     let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
@@ -185,7 +185,9 @@ fn dns_nxdomain_passes_through() {
 /// names: every answer matches its question (a relay must not mix up ids or clients).
 #[test]
 fn dns_concurrent_queries_answered_correctly() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     const N: usize = 40;
     let records: Vec<String> = (0..N)
         .map(|i| {
@@ -279,7 +281,9 @@ print(json.dumps({"ok": not want and not bad, "answered": answered, "missing": l
 /// untouched, and no mount leaks into the caller's mount namespace.
 #[test]
 fn dns_run_rewrites_loopback_resolv_conf_and_getent_resolves() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "getent.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.11")]);
     let dir = TempDir::new("tsdns");
@@ -336,7 +340,9 @@ fn dns_run_rewrites_loopback_resolv_conf_and_getent_resolves() {
 /// /etc/resolv.conf (byte for byte), and N+3 relays to that resolver.
 #[test]
 fn dns_non_loopback_resolver_in_veth_peer() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "peer.tapsplice.test";
     let peer = VethPeer::new();
     let dns = Dnsmasq::start(
@@ -374,7 +380,9 @@ fn dns_non_loopback_resolver_in_veth_peer() {
 /// N+3 follows an in-place rewrite (resolver A to B) and then an atomic rename (B back to A).
 #[test]
 fn dns_resolv_conf_change_picked_up_without_restart() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "switch.tapsplice.test";
     let a = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.31")]);
     let b = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.32")]);
@@ -461,7 +469,9 @@ done
 /// `--dns-upstream` overrides the resolv.conf, with or without a port, over UDP and TCP.
 #[test]
 fn dns_upstream_option_overrides_resolv_conf() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "upstream.tapsplice.test";
     let in_rc = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.41")]);
     let on_53 = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.42")]);
@@ -503,7 +513,9 @@ fn dns_upstream_option_overrides_resolv_conf() {
 /// from the host's loopback, not N+3 from a loopback resolver: DNS still works.
 #[test]
 fn dns_works_with_disable_host_loopback() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "noloop.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.51")]);
     let dir = TempDir::new("tsdns");
@@ -522,7 +534,9 @@ fn dns_works_with_disable_host_loopback() {
 /// refused or unreachable, and the resolver never sees the query.
 #[test]
 fn dns_disable_dns_gives_no_answer() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     let name = "disabled.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.61")]);
     let dir = TempDir::new("tsdns");
@@ -589,7 +603,9 @@ fn dns_disable_dns_gives_no_answer() {
 /// the host's real file and resolver stay out of it. Names resolve out of the box in CMD.
 #[test]
 fn dns_default_reads_etc_resolv_conf() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(DNS_TOOLS) else {
+        return;
+    };
     if !require_tools(&["unshare", "mount"]) {
         return;
     }
@@ -649,7 +665,7 @@ fn dns_rootless_run_resolves_through_loopback_resolver() {
     let Some(env) = RootlessUser::new() else {
         return;
     };
-    if prereqs().is_none() {
+    if prereqs(DNS_TOOLS).is_none() {
         return;
     }
     let name = "rootless.tapsplice.test";

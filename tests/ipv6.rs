@@ -18,7 +18,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,17 +26,6 @@ use common::*;
 
 const SHORT: Duration = Duration::from_secs(30);
 const BULK: Duration = Duration::from_secs(90);
-
-fn prereqs(tools: &[&str]) -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) || !require_tools(tools) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
-fn s(x: impl ToString) -> String {
-    x.to_string()
-}
 
 /// `tapsplice run -6 OPTS... -- sh -c PRELUDE+body ...` in the host netns, captured; the guest
 /// script is expected to exit 0.

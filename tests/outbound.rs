@@ -7,8 +7,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,43 +17,15 @@ use nix::sys::signal::Signal;
 const BULK_DEADLINE: Duration = Duration::from_secs(300);
 /// Deadline for anything that should take a moment (start-up, a small exchange, an exit).
 const SHORT_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the binary may take to report ready on its ready fd.
-const READY_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Everything a `tapsplice run` test needs, or None (after a skip message) when it cannot run.
-fn run_prereqs(tools: &[&str]) -> Option<std::path::PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) || !require_tools(tools) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
-/// `tapsplice run [opts] -- ARGV...` captured, within `deadline`.
-fn tapsplice_run(
-    bin: &Path,
-    opts: &[&str],
-    argv: &[String],
-    stdin: Option<Vec<u8>>,
-    deadline: Duration,
-) -> Captured {
-    let mut cmd = Command::new(bin);
-    cmd.arg("run").args(opts).arg("--").args(argv);
-    let what = format!(
-        "tapsplice run {} -- {}",
-        opts.join(" "),
-        argv.first().map(String::as_str).unwrap_or("")
-    );
-    run_capture(&what, &mut cmd, stdin, deadline)
-}
 
 /// A bulk exchange through `tapsplice run` to a host server on loopback via the gateway:
 /// `len` bytes each way, checked at both ends.
 fn bulk_via_gateway(opts: &[&str], len: u64) {
-    let Some(bin) = run_prereqs(&[]) else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let (up_seed, down_seed) = (11, 12);
     let server = TestServer::start(down_seed, len);
     let argv = with_python(py_client(GATEWAY, server.port(), len, up_seed, 10));
-    let out = tapsplice_run(&bin, opts, &argv, None, BULK_DEADLINE);
+    let out = tapsplice_run_capture(&bin, opts, &argv, None, BULK_DEADLINE);
     out.assert_success("bulk client in tapsplice run");
     let report = Json::last_in(&out.stdout_str());
     let (client_sent, client_recv) = report.digests();
@@ -81,7 +52,7 @@ fn bulk_via_gateway(opts: &[&str], len: u64) {
 // (a)
 #[test]
 fn run_curl_gateway_exact_body() {
-    let Some(bin) = run_prereqs(&["curl"]) else {
+    let Some(bin) = prereqs(&["curl"]) else {
         return;
     };
     let body = pattern_bytes(21, 3 * MIB + 123);
@@ -102,7 +73,7 @@ fn run_curl_gateway_exact_body() {
     ]
     .map(String::from)
     .to_vec();
-    let out = tapsplice_run(
+    let out = tapsplice_run_capture(
         &bin,
         &[],
         &argv,
@@ -142,11 +113,11 @@ fn run_bulk_256mib_via_gateway_mtu_65520() {
 // (c)
 #[test]
 fn run_refused_port_fails_fast() {
-    let Some(bin) = run_prereqs(&[]) else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let port = refused_port();
     // The guest gives up after 2 s: a refusal must come back as an RST long before that.
     let argv = with_python(py_client(GATEWAY, port, 1000, 31, 2));
-    let out = tapsplice_run(&bin, &[], &argv, None, Duration::from_secs(10));
+    let out = tapsplice_run_capture(&bin, &[], &argv, None, Duration::from_secs(10));
     out.assert_success("client in tapsplice run");
     let r = Json::last_in(&out.stdout_str());
     assert!(!r.ok(), "connect to a closed port succeeded: {r:?}");
@@ -161,11 +132,11 @@ fn run_refused_port_fails_fast() {
 // (d)
 #[test]
 fn run_disable_host_loopback_enetunreach() {
-    let Some(bin) = run_prereqs(&[]) else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     // A live server: the failure must come from the policy, not from a closed port.
     let server = TestServer::start(41, 1000);
     let argv = with_python(py_client(GATEWAY, server.port(), 1000, 42, 5));
-    let out = tapsplice_run(
+    let out = tapsplice_run_capture(
         &bin,
         &["--disable-host-loopback"],
         &argv,
@@ -194,7 +165,7 @@ fn run_disable_host_loopback_enetunreach() {
 // (e)
 #[test]
 fn run_remote_peer_over_veth_16mib() {
-    let Some(bin) = run_prereqs(&[]) else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let len = 16 * MIB;
     let (up_seed, down_seed) = (51, 52);
     let peer = VethPeer::new();
@@ -224,7 +195,7 @@ fn run_remote_peer_over_veth_16mib() {
     let port = u16::try_from(Json::parse(&port_line).u64("port")).expect("port");
 
     let argv = with_python(py_client(&peer_ip, port, len, up_seed, 10));
-    let out = tapsplice_run(&bin, &[], &argv, None, Duration::from_secs(120));
+    let out = tapsplice_run_capture(&bin, &[], &argv, None, Duration::from_secs(120));
     out.assert_success("client in tapsplice run");
     let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
     let status = server.wait_deadline(SHORT_DEADLINE);
@@ -251,9 +222,9 @@ fn run_remote_peer_over_veth_16mib() {
 // (j)
 #[test]
 fn run_propagates_exit_status() {
-    let Some(bin) = run_prereqs(&[]) else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let argv: Vec<String> = ["sh", "-c", "exit 7"].map(String::from).to_vec();
-    let out = tapsplice_run(&bin, &[], &argv, None, SHORT_DEADLINE);
+    let out = tapsplice_run_capture(&bin, &[], &argv, None, SHORT_DEADLINE);
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -266,64 +237,12 @@ fn run_propagates_exit_status() {
 // ---------------------------------------------------------------------------------------------
 // Main mode: the slirp4netns contract.
 
-/// The binary in main mode on a namespace made by `ip netns add`, started through `sh` so that
-/// fd 3 is a pipe to us (the ready fd) and fd 4 the read end of a pipe whose write end we hold
-/// (for `-e 4`); its stdout and stderr go to a log file.
-struct MainMode {
-    exit_w: Option<ChildStdin>,
-    child: Child,
-    _logs: TempDir,
-}
-
-impl MainMode {
-    /// Starts `BIN -c -r 3 EXTRA... --netns-type=path /run/netns/NAME tap0` and waits for "1" on
-    /// fd 3 (panicking with the log if it does not come).
-    fn start(bin: &Path, ns: &NetnsFixture, extra: &[&str]) -> MainMode {
-        let logs = TempDir::new("tsmain");
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(r#"exec 3>&1 4<&0 1>&2 0</dev/null; exec "$@""#)
-            .arg("sh")
-            .arg(bin)
-            .args(["-c", "-r", "3"])
-            .args(extra)
-            .args(["--netns-type=path", &ns.path(), "tap0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = Child::spawn_logged("main-mode binary", &mut cmd, logs.join("main.log"));
-        let exit_w = child.inner().stdin.take();
-        let ready_r = child.inner().stdout.take().expect("stdout pipe");
-        let ready = read_some_deadline("\"1\" on the ready fd", ready_r, 1, READY_DEADLINE);
-        if ready != b"1" {
-            let status = child.wait_deadline(Duration::from_secs(5));
-            panic!(
-                "ready fd gave {:?} instead of \"1\"; process {}; log:\n{}",
-                String::from_utf8_lossy(&ready),
-                describe_status(status),
-                child.log()
-            );
-        }
-        MainMode {
-            exit_w,
-            child,
-            _logs: logs,
-        }
-    }
-}
-
-fn main_prereqs() -> Option<std::path::PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
 // (f)
 #[test]
 fn main_mode_ready_fd_configure_and_gateway_data() {
-    let Some(bin) = main_prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let ns = NetnsFixture::new();
-    let main = MainMode::start(&bin, &ns, &[]);
+    let main = SlirpProcess::start(&bin, &ns, &["-c"]);
     let addr = ns
         .ip(&["-4", "-o", "addr", "show", "dev", "tap0"])
         .stdout_str();
@@ -360,14 +279,14 @@ fn main_mode_ready_fd_configure_and_gateway_data() {
 // (g)
 #[test]
 fn main_mode_1000_sequential_connections_no_fd_leak() {
-    let Some(bin) = main_prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     // Lazily opened long-lived fds (a timer, a cached socket) may appear after the baseline; a
     // leak of 1000 flows cannot hide in this slack.
     const FD_SLACK: usize = 4;
     const CONNS: u32 = 1000;
     let (len, up_seed, down_seed) = (1000u64, 71, 72);
     let ns = NetnsFixture::new();
-    let main = MainMode::start(&bin, &ns, &[]);
+    let main = SlirpProcess::start(&bin, &ns, &["-c"]);
     let baseline = main.child.fd_count();
     let server = TestServer::start(down_seed, len);
     let out = run_capture(
@@ -419,14 +338,14 @@ fn main_mode_1000_sequential_connections_no_fd_leak() {
 // (h)
 #[test]
 fn main_mode_exit_fd_write_end_closed_exits_0() {
-    let Some(bin) = main_prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let ns = NetnsFixture::new();
-    let mut main = MainMode::start(&bin, &ns, &["-e", "4"]);
+    let mut main = SlirpProcess::start(&bin, &ns, &["-c", "-e", "4"]);
     assert!(
         main.child.try_status().is_none(),
         "exited before its exit fd was closed"
     );
-    drop(main.exit_w.take());
+    main.close_exit_fd();
     let status = main.child.wait_deadline(Duration::from_secs(10));
     assert_eq!(
         status.code(),
@@ -440,10 +359,10 @@ fn main_mode_exit_fd_write_end_closed_exits_0() {
 // (h)
 #[test]
 fn main_mode_exit_fd_not_open_exits_0() {
-    let Some(bin) = main_prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let ns = NetnsFixture::new();
-    // MainMode::start asserts it got ready first.
-    let mut main = MainMode::start(&bin, &ns, &["-e", "99"]);
+    // SlirpProcess::start asserts it got ready first.
+    let mut main = SlirpProcess::start(&bin, &ns, &["-c", "-e", "99"]);
     let status = main.child.wait_deadline(Duration::from_secs(10));
     assert_eq!(
         status.code(),
@@ -457,10 +376,10 @@ fn main_mode_exit_fd_not_open_exits_0() {
 // (i)
 #[test]
 fn main_mode_sigterm_exits_and_removes_tap() {
-    let Some(bin) = main_prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let ns = NetnsFixture::new();
     assert!(!ns.has_link("tap0"), "fresh namespace already has tap0");
-    let mut main = MainMode::start(&bin, &ns, &[]);
+    let mut main = SlirpProcess::start(&bin, &ns, &["-c"]);
     assert!(ns.has_link("tap0"), "tap0 missing while running");
     main.child.signal(Signal::SIGTERM);
     let status = main.child.wait_deadline(Duration::from_secs(10));

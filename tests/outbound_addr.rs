@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -26,17 +26,6 @@ const UDP_SEED: u64 = 77;
 const V4_ERROR: &str = "outbound-addr has to be valid ipv4 address or interface name.";
 /// slirp4netns 1.2.0's for a bad `--outbound-addr6` (sic), which tapsplice keeps to the byte.
 const V6_ERROR: &str = "outbound-addr has to be valid ipv4 address or iterface name.";
-
-fn prereqs(tools: &[&str]) -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) || !require_tools(tools) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
-fn s(x: impl ToString) -> String {
-    x.to_string()
-}
 
 /// The servers a binding test talks to (in the peer, or on the host's loopback): TCP (one
 /// connection), UDP echo and, for ping, an ICMP watcher. Each reports the source it sees.
@@ -411,8 +400,7 @@ fn outbound_addr_not_used_towards_loopback() {
 #[test]
 fn bad_outbound_addr_values_fail_with_exit_1() {
     let Some(bin) = tapsplice_bin() else { return };
-    if !bin.ends_with("tapsplice") {
-        skip_or_fail("TAPSPLICE_BIN is not tapsplice: no run mode to test");
+    if !require_run_mode(&bin) {
         return;
     }
     for (opt, line) in [

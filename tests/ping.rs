@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 const SHORT: Duration = Duration::from_secs(30);
-
-fn prereqs() -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", "ping"]) {
-        return None;
-    }
-    tapsplice_bin()
-}
 
 /// `ping -c COUNT -i 0.2 -W 2 EXTRA... TARGET` as a guest program.
 fn ping_argv(target: &str, count: u32, extra: &[&str]) -> Vec<String> {
@@ -38,30 +30,6 @@ fn ping_argv(target: &str, count: u32, extra: &[&str]) -> Vec<String> {
     v
 }
 
-/// Checks a ping transcript: replies from `from` with icmp_seq 1..=count, each once, each of
-/// `bytes` bytes (ICMP header + payload), no duplicates or errors, and the summary.
-fn assert_ping_output(out: &str, from: &str, count: u32, bytes: u32) {
-    for seq in 1..=count {
-        let prefix = format!("{bytes} bytes from {from}: icmp_seq={seq} ");
-        let n = out.lines().filter(|l| l.starts_with(&prefix)).count();
-        assert_eq!(
-            n, 1,
-            "expected one reply line starting {prefix:?}, found {n}:\n{out}"
-        );
-    }
-    let replies = out.lines().filter(|l| l.contains(" bytes from ")).count();
-    assert_eq!(replies, count as usize, "reply lines:\n{out}");
-    for bad in ["DUP!", "wrong data", "Unreachable", "Time to live exceeded"] {
-        assert!(!out.contains(bad), "ping reported {bad:?}:\n{out}");
-    }
-    assert!(
-        out.contains(&format!(
-            "{count} packets transmitted, {count} received, 0% packet loss"
-        )),
-        "ping summary:\n{out}"
-    );
-}
-
 fn ping_in_run(
     bin: &std::path::Path,
     opts: &[&str],
@@ -77,19 +45,23 @@ fn ping_in_run(
 /// N+2 and N+3 answer ping themselves.
 #[test]
 fn ping_gateway_and_dns_address() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = bin_prereqs(&["ip", "ping"]) else {
+        return;
+    };
     for target in [GATEWAY, DNS_ADDR] {
         let out = ping_in_run(&bin, &[], target, 3, &[]);
-        assert_ping_output(&out, target, 3, 64);
+        assert_ping_transcript(&out, target, 3, 64);
     }
 }
 
 /// `--disable-host-loopback` keeps the guest from the host's loopback, not from pinging N+2.
 #[test]
 fn ping_gateway_with_disable_host_loopback() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = bin_prereqs(&["ip", "ping"]) else {
+        return;
+    };
     let out = ping_in_run(&bin, &["--disable-host-loopback"], GATEWAY, 3, &[]);
-    assert_ping_output(&out, GATEWAY, 3, 64);
+    assert_ping_transcript(&out, GATEWAY, 3, 64);
 }
 
 /// Icmp counters (`InEchos`, `OutEchoReps`) of the namespace, from its /proc/net/snmp.
@@ -118,12 +90,14 @@ fn icmp_echo_counters(ns: &NetnsFixture) -> (u64, u64) {
 }
 
 fn ping_peer(extra: &[&str], bytes: u32) {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = bin_prereqs(&["ip", "ping"]) else {
+        return;
+    };
     let peer = VethPeer::new();
     let target = peer.peer_ip.to_string();
     let before = icmp_echo_counters(&peer.ns);
     let out = ping_in_run(&bin, &[], &target, 3, extra);
-    assert_ping_output(&out, &target, 3, bytes);
+    assert_ping_transcript(&out, &target, 3, bytes);
     let after = icmp_echo_counters(&peer.ns);
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
@@ -149,7 +123,9 @@ fn ping_veth_peer_full_size_payload() {
 /// Two pings to the peer at once (two ICMP identifiers): each gets its own replies, all of them.
 #[test]
 fn ping_two_concurrent_to_veth_peer() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = bin_prereqs(&["ip", "ping"]) else {
+        return;
+    };
     let peer = VethPeer::new();
     let target = peer.peer_ip.to_string();
     let dir = TempDir::new("tsping");
@@ -169,8 +145,8 @@ fn ping_two_concurrent_to_veth_peer() {
     let (a, b) = text.split_once("===\n").expect("both transcripts");
     assert!(a.contains("rc-a=0"), "first ping failed:\n{a}");
     assert!(b.contains("rc-b=0"), "second ping failed:\n{b}");
-    assert_ping_output(a, &target, 5, 64);
-    assert_ping_output(b, &target, 5, 108);
+    assert_ping_transcript(a, &target, 5, 64);
+    assert_ping_transcript(b, &target, 5, 108);
     drop(peer);
 }
 
@@ -203,7 +179,7 @@ fn ping_rootless_run_needs_ping_group_range_for_remote_hosts() {
         let _guard = covers(&range).then(|| SysctlGuard::set(range_path, "1 0"));
         let out = env.tapsplice_run(&[], &ping_argv(GATEWAY, 3, &[]), SHORT);
         out.assert_success("rootless ping to the gateway");
-        assert_ping_output(&out.stdout_str(), GATEWAY, 3, 64);
+        assert_ping_transcript(&out.stdout_str(), GATEWAY, 3, 64);
 
         let out = env.tapsplice_run(&[], &ping_argv(&target, 3, &[]), SHORT);
         assert!(
@@ -224,7 +200,7 @@ fn ping_rootless_run_needs_ping_group_range_for_remote_hosts() {
         let before = icmp_echo_counters(&peer.ns);
         let out = env.tapsplice_run(&[], &ping_argv(&target, 3, &[]), SHORT);
         out.assert_success("rootless ping to the veth peer with ping_group_range");
-        assert_ping_output(&out.stdout_str(), &target, 3, 64);
+        assert_ping_transcript(&out.stdout_str(), &target, 3, 64);
         let after = icmp_echo_counters(&peer.ns);
         assert_eq!(
             (after.0 - before.0, after.1 - before.1),

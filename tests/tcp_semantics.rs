@@ -25,20 +25,6 @@ const PEAK_RSS_LIMIT_KIB: u64 = 16 * 1024;
 /// How long a slow reader leaves the stream unread.
 const STALL: Duration = Duration::from_secs(2);
 
-fn prereqs() -> Option<std::path::PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
-/// A guest program: python3 with the given script and arguments.
-fn guest_python(script: &str, args: &[String]) -> Vec<String> {
-    let mut argv = vec![PYTHON.to_string(), "-c".to_string(), script.to_string()];
-    argv.extend(args.iter().cloned());
-    argv
-}
-
 /// Runs `argv` inside `tapsplice run`, sampling tapsplice's peak RSS (VmHWM) until it exits.
 /// Returns the guest's stdout and the peak in KiB.
 fn run_sampled(bin: &std::path::Path, argv: &[String]) -> (String, u64) {
@@ -112,7 +98,7 @@ print(json.dumps({"ok": True, "recv_len": got, "recv_sha": hr.hexdigest(), "sent
 /// its own stream, which reaches the host whole.
 #[test]
 fn host_fin_first_then_guest_sends() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let (down_seed, up_seed, down_len, up_len) = (31, 32, 8 * MIB, 8 * MIB + 5);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
@@ -125,7 +111,7 @@ fn host_fin_first_then_guest_sends() {
         conn.read_to_end(&mut got)?;
         Ok(Digest::of(&got))
     });
-    let argv = guest_python(
+    let argv = python_script(
         READ_THEN_SEND,
         &[
             GATEWAY.into(),
@@ -160,7 +146,7 @@ print('{"ok": true}')
 /// A reset from the guest reaches the host socket as a reset, not as a clean EOF.
 #[test]
 fn guest_reset_resets_the_host_side() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || -> io::ErrorKind {
@@ -175,7 +161,7 @@ fn guest_reset_resets_the_host_side() {
             }
         }
     });
-    let argv = guest_python(GUEST_RESETS, &[GATEWAY.into(), port.to_string()]);
+    let argv = python_script(GUEST_RESETS, &[GATEWAY.into(), port.to_string()]);
     run_sampled(&bin, &argv);
     assert_eq!(
         server.join().unwrap(),
@@ -200,7 +186,7 @@ except OSError as e:
 /// A reset from the host reaches the guest as ECONNRESET.
 #[test]
 fn host_reset_resets_the_guest() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || {
@@ -213,7 +199,7 @@ fn host_reset_resets_the_guest() {
             .expect("SO_LINGER 0");
         drop(conn);
     });
-    let argv = guest_python(GUEST_AWAITS_RESET, &[GATEWAY.into(), port.to_string()]);
+    let argv = python_script(GUEST_AWAITS_RESET, &[GATEWAY.into(), port.to_string()]);
     let (stdout, _) = run_sampled(&bin, &argv);
     server.join().unwrap();
     let report = Json::last_in(&stdout);
@@ -227,7 +213,7 @@ fn host_reset_resets_the_guest() {
 /// A host server that stalls for [`STALL`] before it reads the guest's stream, then hashes it.
 #[test]
 fn slow_host_reader_does_not_grow_tapsplice_memory() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let up_seed = 41;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
@@ -280,7 +266,7 @@ print(json.dumps({"ok": True, "sent_len": 0, "sent_sha": hashlib.sha256().hexdig
 /// The host writes its whole stream at once; the guest leaves it unread for [`STALL`].
 #[test]
 fn slow_guest_reader_does_not_grow_tapsplice_memory() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let down_seed = 42;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
@@ -290,7 +276,7 @@ fn slow_guest_reader_does_not_grow_tapsplice_memory() {
         for_each_chunk(down_seed, STALLED_STREAM, |chunk| conn.write_all(chunk))?;
         conn.shutdown(Shutdown::Write)
     });
-    let argv = guest_python(
+    let argv = python_script(
         SLOW_GUEST_READER,
         &[
             GATEWAY.into(),

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::{Digest as _, Sha256};
 
 const SHORT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(120);
@@ -25,25 +23,11 @@ const LONG: Duration = Duration::from_secs(120);
 /// Seed of the datagrams a server sends when asked with `SEND:<size>`.
 const DOWN_SEED: u64 = 7;
 
-fn prereqs() -> Option<PathBuf> {
-    if !require_root_or_skip() || !require_tools(&["ip", PYTHON]) {
-        return None;
-    }
-    tapsplice_bin()
-}
-
-/// Datagram `i` of `seed`, `size` bytes: `sha256("tapsplice-udp:{seed}:{i}")` repeated.
-/// The same as `payload` in [`PY_UDP`].
-fn udp_payload(seed: u64, i: u64, size: usize) -> Vec<u8> {
-    let h = Sha256::digest(format!("tapsplice-udp:{seed}:{i}").as_bytes());
-    h.iter().copied().cycle().take(size).collect()
-}
-
 /// Digest of datagrams `0..sizes.len()` of `seed` back to back.
 fn sequence_digest(seed: u64, sizes: &[usize]) -> Digest {
     let mut h = Hasher::default();
     for (i, &s) in sizes.iter().enumerate() {
-        h.update(&udp_payload(seed, i as u64, s));
+        h.update(&py_net_payload(seed, i as u64, s));
     }
     h.finish()
 }
@@ -409,7 +393,7 @@ impl UdpServer {
                             .strip_prefix(b"SEND:")
                             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<usize>().ok())
                         {
-                            Some(size) => udp_payload(DOWN_SEED, size as u64, size),
+                            Some(size) => py_net_payload(DOWN_SEED, size as u64, size),
                             None => data.clone(),
                         };
                         let _ = sock.send_to(&reply, from);
@@ -476,12 +460,6 @@ impl Drop for UdpServer {
     }
 }
 
-/// A UDP port on 127.0.0.1 with nothing bound: bound, read, released.
-fn closed_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
-    s.local_addr().expect("local_addr").port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Echo through N+2 to the host's loopback.
 
@@ -495,7 +473,7 @@ const SIZES_65520: &[usize] = &[
 ];
 
 fn echo_via_gateway(opts: &[&str], sizes: &[usize], seed: u64) {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let server = UdpServer::start(Mode::Echo);
     let argv = py_udp(
         "echo",
@@ -553,7 +531,7 @@ fn udp_echo_host_loopback_via_gateway_mtu_65520() {
 
 #[test]
 fn udp_echo_veth_peer() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let seed = 111;
     let peer = VethPeer::new();
     let peer_ip = peer.peer_ip.to_string();
@@ -648,7 +626,7 @@ fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<S
 /// `-c` on a namespace made by `ip netns add`: UDP echo through N+2 to the host's loopback.
 #[test]
 fn udp_main_mode_echo_via_gateway() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let seed = 151;
     let ns = NetnsFixture::new();
     let mut main = SlirpProcess::start(&bin, &ns, &["-c"]);
@@ -687,7 +665,7 @@ fn udp_main_mode_echo_via_gateway() {
 // Size limits: past the MTU, datagrams are dropped in both directions and the flow goes on.
 
 fn oversize_dropped(opts: &[&str], ok: usize) {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let big = ok + 1;
     let seed = 121;
     let server = UdpServer::start(Mode::Echo);
@@ -728,7 +706,7 @@ fn oversize_dropped(opts: &[&str], ok: usize) {
     );
     assert_eq!(
         got.first().map(|g| g.data.clone()),
-        Some(udp_payload(seed, 1, ok)),
+        Some(py_net_payload(seed, 1, ok)),
         "the {ok}-byte datagram after the oversized one did not reach the host server intact \
          (sizes seen {sizes_at_server:?})"
     );
@@ -759,7 +737,7 @@ fn udp_over_mtu_dropped_both_ways_mtu_65520() {
 
 #[test]
 fn udp_burst_no_loss_at_moderate_rate() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let (seed, count, size, window) = (131u64, 5000u64, 1000usize, 32);
     let server = UdpServer::start(Mode::Echo);
     let argv = py_udp(
@@ -795,7 +773,7 @@ fn udp_burst_no_loss_at_moderate_rate() {
     let want = {
         let mut h = Hasher::default();
         for i in 0..count {
-            h.update(&udp_payload(seed, i, size));
+            h.update(&py_net_payload(seed, i, size));
         }
         h.finish()
     };
@@ -811,7 +789,7 @@ fn udp_burst_no_loss_at_moderate_rate() {
     let mut datas: Vec<&Vec<u8>> = at_server.iter().map(|g| &g.data).collect();
     // The server's order may differ from the send order only if something reordered; check the
     // content as a multiset.
-    let mut want_all: Vec<Vec<u8>> = (0..count).map(|i| udp_payload(seed, i, size)).collect();
+    let mut want_all: Vec<Vec<u8>> = (0..count).map(|i| py_net_payload(seed, i, size)).collect();
     datas.sort();
     want_all.sort();
     for d in &datas {
@@ -832,7 +810,7 @@ fn udp_burst_no_loss_at_moderate_rate() {
 /// (loss at this rate depends on socket buffers and the machine's load).
 #[test]
 fn udp_burst_wide_window_measured() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let (seed, count, size, window) = (132u64, 20000u64, 1000usize, 256);
     let server = UdpServer::start(Mode::Echo);
     let argv = py_udp(
@@ -901,8 +879,8 @@ fn assert_refused(r: &Json, what: &str) {
 
 #[test]
 fn udp_closed_port_on_host_loopback_gives_econnrefused() {
-    let Some(bin) = prereqs() else { return };
-    let port = closed_udp_port();
+    let Some(bin) = prereqs(&[]) else { return };
+    let port = closed_udp_port(Ipv4Addr::LOCALHOST.into());
     // A plain connected socket, as applications use it.
     let r = error_probe(&bin, &[], GATEWAY, port, false);
     assert_refused(&r, "closed port on the host's loopback");
@@ -918,7 +896,7 @@ fn udp_closed_port_on_host_loopback_gives_econnrefused() {
 
 #[test]
 fn udp_closed_port_on_veth_peer_gives_econnrefused() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let peer = VethPeer::new();
     // A fresh namespace: nothing listens on any UDP port.
     let port = 20000 + (std::process::id() % 20000) as u16;
@@ -932,7 +910,7 @@ fn udp_closed_port_on_veth_peer_gives_econnrefused() {
 /// IP_RECVERR, it being a "soft" error; the probe sets it.)
 #[test]
 fn udp_disable_host_loopback_net_unreachable() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let server = UdpServer::start(Mode::Echo);
     let r = error_probe(
         &bin,
@@ -971,7 +949,7 @@ fn udp_disable_host_loopback_net_unreachable() {
 /// replies; one guest socket talking to two servers gets each reply from the right address.
 #[test]
 fn udp_separate_flows_per_guest_port_and_destination() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     let (nsock, rounds, seed) = (8usize, 5usize, 141u64);
     let a = UdpServer::start(Mode::Echo);
     let b = UdpServer::start(Mode::Echo);
@@ -1019,7 +997,7 @@ fn timeline(
     actions: &str,
     script: impl FnOnce(&UdpServer),
 ) -> Vec<Json> {
-    let bin = prereqs().expect("prereqs checked by the caller");
+    let bin = prereqs(&[]).expect("prereqs checked by the caller");
     let server = UdpServer::start(Mode::Sink);
     let argv = py_udp(
         "timeline",
@@ -1090,7 +1068,7 @@ fn idle_flow(opts: &[&str], push2_at: f64) -> Vec<String> {
 /// datagram makes a new flow.
 #[test]
 fn udp_timeout_option_expires_idle_flow() {
-    if prereqs().is_none() {
+    if prereqs(&[]).is_none() {
         return;
     }
     // push-1 at 1.5 s (idle 1.5 s < 3 s), push-2 at 7.5 s (idle 6 s > 3 s).
@@ -1106,7 +1084,7 @@ fn udp_timeout_option_expires_idle_flow() {
 /// 120 s): the host's push-2 still reaches the guest.
 #[test]
 fn udp_default_timeout_keeps_idle_flow() {
-    if prereqs().is_none() {
+    if prereqs(&[]).is_none() {
         return;
     }
     let got = idle_flow(&[], 7.5);
@@ -1121,7 +1099,7 @@ fn udp_default_timeout_keeps_idle_flow() {
 /// did lives on (120 s). At 33 s the host pushes to both; only the answered flow delivers.
 #[test]
 fn udp_unanswered_flow_expires_after_30s_answered_flow_stays() {
-    if prereqs().is_none() {
+    if prereqs(&[]).is_none() {
         return;
     }
     let actions = r#"[[0, "A", "hello-A"], [0, "B", "hello-B"]]"#;
@@ -1149,7 +1127,7 @@ fn udp_unanswered_flow_expires_after_30s_answered_flow_stays() {
 /// in slirp4netns mode; the process's fd count returns to its baseline.
 #[test]
 fn udp_expired_flows_release_host_sockets() {
-    let Some(bin) = prereqs() else { return };
+    let Some(bin) = prereqs(&[]) else { return };
     const FLOWS: u32 = 300;
     const FD_SLACK: usize = 4;
     let ns = NetnsFixture::new();
@@ -1198,7 +1176,7 @@ fn udp_rootless_run_echo_and_refused() {
     let Some(env) = RootlessUser::new() else {
         return;
     };
-    if prereqs().is_none() {
+    if prereqs(&[]).is_none() {
         return;
     }
     let seed = 161;
@@ -1228,7 +1206,7 @@ fn udp_rootless_run_echo_and_refused() {
         "error",
         &[
             GATEWAY.into(),
-            closed_udp_port().to_string(),
+            closed_udp_port(Ipv4Addr::LOCALHOST.into()).to_string(),
             "0".into(),
             "5".into(),
         ],

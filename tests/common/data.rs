@@ -68,9 +68,18 @@ pub fn pattern_block(seed: u64) -> Vec<u8> {
 pub fn for_each_chunk(
     seed: u64,
     len: u64,
+    f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    for_each_chunk_of(pattern_block(seed), len, f)
+}
+
+/// [`for_each_chunk`] with the pattern block of the seed already made (`block`, which it uses
+/// as its buffer).
+pub fn for_each_chunk_of(
+    mut block: Vec<u8>,
+    len: u64,
     mut f: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut block = pattern_block(seed);
     let mut left = len;
     let mut k: u64 = 0;
     while left > 0 {

@@ -78,3 +78,8 @@ pub fn assert_ping_transcript(out: &str, from: &str, count: u32, bytes: u32) {
         "ping summary:\n{out}"
     );
 }
+
+/// `x.to_string()`, short for building argument lists.
+pub fn s(x: impl ToString) -> String {
+    x.to_string()
+}

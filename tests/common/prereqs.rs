@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
 
+use super::*;
+
 /// True when running under CI (`CI=true`).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
@@ -90,4 +92,26 @@ pub fn tapsplice_bin() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Root, the tools named and the binary under test: what a test that runs the binary needs, or
+/// None (after a skip message) when it cannot run.
+pub fn bin_prereqs(tools: &[&str]) -> Option<PathBuf> {
+    if !require_root_or_skip() || !require_tools(tools) {
+        return None;
+    }
+    tapsplice_bin()
+}
+
+/// [`bin_prereqs`] with `ip` and [`PYTHON`] (which most tests use) before `tools`.
+pub fn prereqs(tools: &[&str]) -> Option<PathBuf> {
+    let mut all = vec!["ip", PYTHON];
+    all.extend_from_slice(tools);
+    bin_prereqs(&all)
+}
+
+/// True when `bin` is tapsplice, which has the `run` mode; otherwise skip (or fail under CI).
+pub fn require_run_mode(bin: &Path) -> bool {
+    bin.ends_with("tapsplice")
+        || skip_or_fail("TAPSPLICE_BIN is not tapsplice: no run mode to test")
 }

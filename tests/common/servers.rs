@@ -20,14 +20,60 @@ pub struct ConnRecord {
     pub error: Option<String>,
 }
 
+/// Accepts connections on a listener in a thread, handing each to a handler thread of its own,
+/// until dropped (the servers below are built on it).
+struct Acceptor {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Acceptor {
+    fn spawn(
+        listener: TcpListener,
+        handle: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) -> Acceptor {
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(handle);
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let handle = handle.clone();
+                    thread::spawn(move || handle(conn));
+                }
+            })
+        };
+        Acceptor {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP server on 127.0.0.1:0: for each connection it reads to EOF (hashing and counting), then
 /// writes the pattern stream (`reply_seed`, `reply_len` bytes) and closes. Stopped on drop.
 pub struct TestServer {
-    addr: SocketAddr,
     records: Arc<Mutex<Vec<ConnRecord>>>,
     accepted: Arc<AtomicU32>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 /// Per-operation I/O timeout on server sockets, so a stuck test cannot hang a server thread.
@@ -35,40 +81,32 @@ const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl TestServer {
     pub fn start(reply_seed: u64, reply_len: u64) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local_addr");
+        TestServer::start_on(([127, 0, 0, 1], 0).into(), reply_seed, reply_len)
+    }
+
+    /// Like [`TestServer::start`], listening on `bind` (port 0 for any), e.g. `[::1]:0`.
+    pub fn start_on(bind: SocketAddr, reply_seed: u64, reply_len: u64) -> TestServer {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let records = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU32::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let block = Arc::new(pattern_block(reply_seed));
-        let thread = {
-            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let (records, block) = (records.clone(), block.clone());
-                    thread::spawn(move || {
-                        let rec = serve_conn(conn, &block, reply_len);
-                        records.lock().unwrap().push(rec);
-                    });
-                }
+        let block = pattern_block(reply_seed);
+        let acceptor = {
+            let (records, accepted) = (records.clone(), accepted.clone());
+            Acceptor::spawn(listener, move |conn| {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let rec = serve_conn(conn, &block, reply_len);
+                records.lock().unwrap().push(rec);
             })
         };
         TestServer {
-            addr,
             records,
             accepted,
-            stop,
-            thread: Some(thread),
+            acceptor,
         }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.acceptor.addr.port()
     }
 
     /// Connections accepted so far.
@@ -108,34 +146,17 @@ fn serve_conn(mut conn: TcpStream, block: &[u8], reply_len: u64) -> ConnRecord {
             }
             rx.update(&buf[..n]);
         }
-        let mut chunk = block.to_vec();
-        let mut left = reply_len;
-        let mut k: u64 = 0;
-        while left > 0 {
-            chunk[..8].copy_from_slice(&k.to_le_bytes());
-            let n = left.min(BLOCK as u64) as usize;
-            conn.write_all(&chunk[..n])?;
-            tx.update(&chunk[..n]);
-            left -= n as u64;
-            k += 1;
-        }
+        for_each_chunk_of(block.to_vec(), reply_len, |chunk| {
+            conn.write_all(chunk)?;
+            tx.update(chunk);
+            Ok(())
+        })?;
         conn.shutdown(std::net::Shutdown::Write)
     })();
     ConnRecord {
         received: rx.finish(),
         sent: tx.finish(),
         error: result.err().map(|e| e.to_string()),
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -158,46 +179,27 @@ pub struct HttpRecord {
 /// A minimal HTTP/1.1 server on 127.0.0.1:0 answering every request with `200` and a fixed
 /// body (`Connection: close`), recording the request body's digest. Stopped on drop.
 pub struct HttpServer {
-    addr: SocketAddr,
     records: Arc<Mutex<Vec<HttpRecord>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl HttpServer {
     pub fn start(body: Vec<u8>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local_addr");
         let records = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let body = Arc::new(body);
-        let thread = {
-            let (records, stop) = (records.clone(), stop.clone());
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (records, body) = (records.clone(), body.clone());
-                    thread::spawn(move || {
-                        if let Ok(rec) = serve_http(conn, &body) {
-                            records.lock().unwrap().push(rec);
-                        }
-                    });
+        let acceptor = {
+            let records = records.clone();
+            Acceptor::spawn(listener, move |conn| {
+                if let Ok(rec) = serve_http(conn, &body) {
+                    records.lock().unwrap().push(rec);
                 }
             })
         };
-        HttpServer {
-            addr,
-            records,
-            stop,
-            thread: Some(thread),
-        }
+        HttpServer { records, acceptor }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.acceptor.addr.port()
     }
 
     pub fn records(&self) -> Vec<HttpRecord> {
@@ -266,52 +268,6 @@ fn serve_http(mut conn: TcpStream, body: &[u8]) -> io::Result<HttpRecord> {
         body: rx.finish(),
         sent: Digest::of(body),
     })
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl TestServer {
-    /// Like [`TestServer::start`], listening on `bind` (port 0 for any), e.g. `[::1]:0`.
-    pub fn start_on(bind: SocketAddr, reply_seed: u64, reply_len: u64) -> TestServer {
-        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-        let addr = listener.local_addr().expect("local_addr");
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicU32::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let block = Arc::new(pattern_block(reply_seed));
-        let thread = {
-            let (records, accepted, stop) = (records.clone(), accepted.clone(), stop.clone());
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let (records, block) = (records.clone(), block.clone());
-                    thread::spawn(move || {
-                        let rec = serve_conn(conn, &block, reply_len);
-                        records.lock().unwrap().push(rec);
-                    });
-                }
-            })
-        };
-        TestServer {
-            addr,
-            records,
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
-    }
 }
 
 /// A UDP port on `ip` with nothing bound to it: bound, read, released.

@@ -173,6 +173,11 @@ impl SlirpProcess {
         self.child.log()
     }
 
+    /// Closes the write end of the pipe on fd 4 (what `-e 4` watches).
+    pub fn close_exit_fd(&mut self) {
+        drop(self.exit_w.take());
+    }
+
     /// Panics (with the log) if the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(s) = self.child.try_status() {
