@@ -9,44 +9,22 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use nix::unistd::{User, chown};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// A temp dir owned by the test user holding a copy of the binary under test.
+/// The test user ([`RootlessUser`], with an `XDG_RUNTIME_DIR`) with what rootlesskit needs.
 struct RootlessEnv {
-    user: User,
-    bin: PathBuf,
-    dir: TempDir,
+    user: RootlessUser,
 }
 
 impl RootlessEnv {
     /// Checks every prerequisite (skip, or fail under CI) and prepares the dir.
     fn new() -> Option<RootlessEnv> {
-        if !require_root_or_skip()
-            || !require_tools(&[
-                "rootlesskit",
-                "setpriv",
-                "newuidmap",
-                "newgidmap",
-                "curl",
-                PYTHON,
-            ])
-        {
-            return None;
-        }
-        let Some(user) = User::from_name(TEST_USER).expect("getpwnam") else {
-            skip_or_fail(&format!(
-                "user {TEST_USER} does not exist (scripts/test.sh creates it)"
-            ));
-            return None;
-        };
+        let user =
+            RootlessUser::prepare(&["rootlesskit", "newuidmap", "newgidmap", "curl", PYTHON])?;
         for f in ["/etc/subuid", "/etc/subgid"] {
             let text = fs::read_to_string(f).unwrap_or_default();
             if !text
@@ -59,46 +37,20 @@ impl RootlessEnv {
                 return None;
             }
         }
-        let tun_mode = fs::metadata("/dev/net/tun")
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if tun_mode & 0o006 != 0o006 {
-            skip_or_fail(&format!(
-                "/dev/net/tun is mode {:o}, not usable by {TEST_USER} (scripts/test.sh sets 0666)",
-                tun_mode & 0o777
-            ));
-            return None;
-        }
-        let src = tapsplice_bin()?;
-        let dir = TempDir::new("tsrk");
-        let bin_dir = dir.join("bin");
-        fs::create_dir(&bin_dir).expect("mkdir bin");
-        let name = src.file_name().expect("binary file name");
-        let bin = bin_dir.join(name);
-        fs::copy(&src, &bin)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), bin.display()));
-        for (p, mode) in [
-            (dir.path(), 0o755),
-            (bin_dir.as_path(), 0o755),
-            (bin.as_path(), 0o755),
-        ] {
-            fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
-        }
-        chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown temp dir");
-        let run = dir.join("run");
-        fs::create_dir(&run).expect("mkdir run");
-        fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).expect("chmod run");
-        chown(&run, Some(user.uid), Some(user.gid)).expect("chown run");
-        Some(RootlessEnv { user, bin, dir })
+        Some(RootlessEnv {
+            user: user.with_runtime_dir(),
+        })
     }
 
     /// `rootlesskit --net=slirp4netns --slirp4netns-binary=COPY --state-dir=... FLAGS... ARGV...`
     /// as the test user, captured, within [`DEADLINE`].
     fn rootlesskit(&self, flags: &[&str], argv: &[String], stdin: Option<Vec<u8>>) -> Captured {
-        let state = self.dir.join(&unique_name("state"));
-        let mut cmd = self.as_test_user(&find_tool("rootlesskit").expect("rootlesskit"));
+        let state = self.user.dir().join(unique_name("state"));
+        let mut cmd = self
+            .user
+            .command(&find_tool("rootlesskit").expect("rootlesskit"));
         cmd.arg("--net=slirp4netns")
-            .arg(format!("--slirp4netns-binary={}", self.bin.display()))
+            .arg(format!("--slirp4netns-binary={}", self.user.bin.display()))
             .arg(format!("--state-dir={}", state.display()))
             .args(flags)
             .args(argv);
@@ -108,31 +60,6 @@ impl RootlessEnv {
             stdin,
             DEADLINE,
         )
-    }
-
-    /// `tapsplice run -- ARGV...` (the copy) as the test user, captured, within [`DEADLINE`].
-    fn tapsplice_run(&self, argv: &[String]) -> Captured {
-        let mut cmd = self.as_test_user(&self.bin);
-        cmd.arg("run").arg("--").args(argv);
-        run_capture("tapsplice run as the test user", &mut cmd, None, DEADLINE)
-    }
-
-    /// `program` run by `setpriv` as the test user, with a clean environment.
-    fn as_test_user(&self, program: &std::path::Path) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .arg("--init-groups")
-            .arg("--")
-            .arg(program)
-            .env_clear()
-            .env("HOME", &self.user.dir)
-            .env("USER", TEST_USER)
-            .env("LOGNAME", TEST_USER)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
-            .current_dir(self.dir.path());
-        cmd
     }
 }
 
@@ -252,21 +179,18 @@ fn unprivileged_run_carries_data_both_ways() {
     let Some(env) = RootlessEnv::new() else {
         return;
     };
-    if !env.bin.ends_with("tapsplice") {
-        // `run` is tapsplice's own; a slirp4netns under test has no such mode.
-        skip_or_fail("TAPSPLICE_BIN is not tapsplice: no run mode to test");
+    // `run` is tapsplice's own; a slirp4netns under test has no such mode.
+    if !require_run_mode(&env.user.bin) {
         return;
     }
     let len = 32 * MIB;
     let (up_seed, down_seed) = (93, 94);
     let server = TestServer::start(down_seed, len);
-    let out = env.tapsplice_run(&with_python(py_client(
-        GATEWAY,
-        server.port(),
-        len,
-        up_seed,
-        10,
-    )));
+    let out = env.user.tapsplice_run(
+        &[],
+        &with_python(py_client(GATEWAY, server.port(), len, up_seed, 10)),
+        DEADLINE,
+    );
     out.assert_success("python client in tapsplice run as the test user");
     let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
     let rec = server.wait_records(1, Duration::from_secs(30)).remove(0);

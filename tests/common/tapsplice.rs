@@ -197,19 +197,30 @@ impl Drop for SlirpProcess {
 }
 
 /// The unprivileged test user ([`TEST_USER`], made by `scripts/test.sh`) with a copy of the
-/// binary under test in a temp dir it can read, for `tapsplice run` without root.
+/// binary under test in a temp dir it owns (as `DIR/bin/NAME`), for running the binary without
+/// root: `tapsplice run` itself, or rootlesskit driving it.
 pub struct RootlessUser {
     pub user: nix::unistd::User,
     /// The copy of the binary.
     pub bin: PathBuf,
     dir: TempDir,
+    /// `DIR/run`, the user's `XDG_RUNTIME_DIR` once made by [`RootlessUser::with_runtime_dir`].
+    runtime_dir: Option<PathBuf>,
 }
 
 impl RootlessUser {
-    /// Checks the prerequisites (skip, or fail under CI) and prepares the copy.
+    /// For `tapsplice run` as the user: [`RootlessUser::prepare`], and the binary must have the
+    /// run mode.
     pub fn new() -> Option<RootlessUser> {
+        let u = RootlessUser::prepare(&[])?;
+        require_run_mode(&u.bin).then_some(u)
+    }
+
+    /// Checks the prerequisites (root, `setpriv` and `tools`, the user, a `/dev/net/tun` it can
+    /// open; skip, or fail under CI) and prepares the copy.
+    pub fn prepare(tools: &[&str]) -> Option<RootlessUser> {
         use std::os::unix::fs::PermissionsExt;
-        if !require_root_or_skip() || !require_tools(&["setpriv"]) {
+        if !require_root_or_skip() || !require_tools(&["setpriv"]) || !require_tools(tools) {
             return None;
         }
         let Some(user) = nix::unistd::User::from_name(TEST_USER).expect("getpwnam") else {
@@ -229,19 +240,33 @@ impl RootlessUser {
             return None;
         }
         let src = tapsplice_bin()?;
-        if !src.ends_with("tapsplice") {
-            skip_or_fail("TAPSPLICE_BIN is not tapsplice: no run mode to test");
-            return None;
-        }
         let dir = TempDir::new("tsrootless");
-        let bin = dir.join("tapsplice");
+        let bin_dir = dir.join("bin");
+        fs::create_dir(&bin_dir).expect("mkdir bin");
+        let bin = bin_dir.join(src.file_name().expect("binary file name"));
         fs::copy(&src, &bin)
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), bin.display()));
-        for (p, mode) in [(dir.path(), 0o755), (bin.as_path(), 0o755)] {
-            fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+        for p in [dir.path(), &bin_dir, &bin] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown temp dir");
-        Some(RootlessUser { user, bin, dir })
+        Some(RootlessUser {
+            user,
+            bin,
+            dir,
+            runtime_dir: None,
+        })
+    }
+
+    /// Makes `DIR/run` (mode 0700, the user's) and passes it as `XDG_RUNTIME_DIR` from now on.
+    pub fn with_runtime_dir(mut self) -> RootlessUser {
+        use std::os::unix::fs::PermissionsExt;
+        let run = self.dir.join("run");
+        fs::create_dir(&run).expect("mkdir run");
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).expect("chmod run");
+        nix::unistd::chown(&run, Some(self.user.uid), Some(self.user.gid)).expect("chown run");
+        self.runtime_dir = Some(run);
+        self
     }
 
     /// A directory the user owns.
@@ -263,6 +288,9 @@ impl RootlessUser {
             .env("LOGNAME", TEST_USER)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .current_dir(self.dir.path());
+        if let Some(run) = &self.runtime_dir {
+            cmd.env("XDG_RUNTIME_DIR", run);
+        }
         cmd
     }
 
