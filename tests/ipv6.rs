@@ -178,15 +178,13 @@ fn tcp_16mib_both_ways_to_veth_peer() {
         BULK,
     );
     let client = json_of_mode(&out, "tcp_client");
-    let (client_sent, client_recv) = client.digests();
     let srv = server.wait_json("the connection's report", SHORT, |j| j.has("ok"));
-    let (srv_sent, srv_recv) = srv.digests();
-    let up = pattern_digest(up_seed, len);
-    let down = pattern_digest(down_seed, len);
-    assert_eq!(client_sent, up, "guest did not send the expected stream");
-    assert_eq!(srv_recv, up, "guest -> peer bytes differ");
-    assert_eq!(srv_sent, down, "peer did not send the expected stream");
-    assert_eq!(client_recv, down, "peer -> guest bytes differ");
+    assert_exchange(
+        "peer",
+        &client.digests(),
+        &srv.digests(),
+        (up_seed, down_seed, len),
+    );
     let guest_local: Ipv6Addr = client.str("local").parse().expect("local address");
     assert_eq!(
         guest_local,
@@ -333,15 +331,12 @@ fn gateway_fd00_2_reaches_host_ipv6_loopback() {
         ],
         BULK,
     );
-    let (client_sent, client_recv) = json_of_mode(&out, "tcp_client").digests();
-    let recs = server.wait_records(1, SHORT);
-    assert_eq!(recs.len(), 1, "connections at the [::1] server: {recs:?}");
-    assert_eq!(recs[0].error, None, "server side I/O error");
-    let (up, down) = (pattern_digest(up_seed, len), pattern_digest(down_seed, len));
-    assert_eq!(client_sent, up);
-    assert_eq!(recs[0].received, up, "guest -> host [::1] bytes differ");
-    assert_eq!(recs[0].sent, down);
-    assert_eq!(client_recv, down, "host [::1] -> guest bytes differ");
+    server.assert_one_exchange(
+        "host [::1]",
+        &json_of_mode(&out, "tcp_client").digests(),
+        (up_seed, down_seed, len),
+        SHORT,
+    );
 
     let r = json_of_mode(&out, "udp_echo");
     assert!(r.ok(), "UDP echo via fd00::2 failed: {r:?}");
@@ -385,16 +380,9 @@ fn gateway_fd00_2_closed_ports_are_refused() {
         libc::ECONNREFUSED as i64,
         "expected ECONNREFUSED: {r:?}"
     );
-    let t = json_of_mode(&out, "tcp_client");
-    assert!(
-        !t.ok(),
-        "TCP to [fd00::2] reached a 127.0.0.1-only server: {t:?}"
-    );
-    assert_eq!(t.str("stage"), "connect", "{t:?}");
-    assert_eq!(
-        t.i64("errno"),
-        libc::ECONNREFUSED as i64,
-        "expected ECONNREFUSED: {t:?}"
+    json_of_mode(&out, "tcp_client").assert_connect_error(
+        "TCP to [fd00::2] with only a 127.0.0.1 server",
+        libc::ECONNREFUSED,
     );
     assert_eq!(
         v4_only.accepted(),
@@ -427,15 +415,9 @@ fn disable_host_loopback_fd00_2_enetunreach() {
         SHORT,
     );
     let t = json_of_mode(&out, "tcp_client");
-    assert!(
-        !t.ok(),
-        "TCP to [fd00::2] succeeded despite --disable-host-loopback: {t:?}"
-    );
-    assert_eq!(t.str("stage"), "connect", "{t:?}");
-    assert_eq!(
-        t.i64("errno"),
-        libc::ENETUNREACH as i64,
-        "expected ENETUNREACH: {t:?}"
+    t.assert_connect_error(
+        "TCP to [fd00::2] despite --disable-host-loopback",
+        libc::ENETUNREACH,
     );
     assert!(
         t.i64("elapsed_ms") < 1000,
@@ -661,21 +643,17 @@ fn slirp4netns_mode_configures_ipv6_and_answers_router_solicitation() {
     );
     out.assert_success("tcp_client in the namespace");
     let report = Json::last_in(&out.stdout_str());
-    let (client_sent, client_recv) = report.digests();
     assert_eq!(
         report.str("local").parse::<Ipv6Addr>().ok(),
         Some(addr),
         "the client should use the SLAAC address"
     );
-    let rec = server.wait_records(1, SHORT).remove(0);
-    assert_eq!(rec.error, None);
-    assert_eq!(client_sent, pattern_digest(up_seed, len));
-    assert_eq!(
-        rec.received, client_sent,
-        "guest -> host [::1] bytes differ"
+    server.assert_one_exchange(
+        "host [::1]",
+        &report.digests(),
+        (up_seed, down_seed, len),
+        SHORT,
     );
-    assert_eq!(rec.sent, pattern_digest(down_seed, len));
-    assert_eq!(client_recv, rec.sent, "host [::1] -> guest bytes differ");
 
     ns.ip(&["link", "set", "tap0", "down"]);
     wait_for(

@@ -28,21 +28,12 @@ fn bulk_via_gateway(opts: &[&str], len: u64) {
     let out = tapsplice_run_capture(&bin, opts, &argv, None, BULK_DEADLINE);
     out.assert_success("bulk client in tapsplice run");
     let report = Json::last_in(&out.stdout_str());
-    let (client_sent, client_recv) = report.digests();
-    let recs = server.wait_records(1, SHORT_DEADLINE);
-    assert_eq!(
-        recs.len(),
-        1,
-        "expected exactly one connection at the server: {recs:?}"
+    server.assert_one_exchange(
+        "host",
+        &report.digests(),
+        (up_seed, down_seed, len),
+        SHORT_DEADLINE,
     );
-    let rec = &recs[0];
-    assert_eq!(rec.error, None, "server side I/O error");
-    let up = pattern_digest(up_seed, len);
-    let down = pattern_digest(down_seed, len);
-    assert_eq!(client_sent, up, "guest did not send the expected stream");
-    assert_eq!(rec.received, up, "guest -> host bytes differ");
-    assert_eq!(rec.sent, down, "server did not send the expected stream");
-    assert_eq!(client_recv, down, "host -> guest bytes differ");
     eprintln!(
         "{len} bytes each way with {opts:?} in {:?} ({report:?})",
         out.elapsed
@@ -59,43 +50,15 @@ fn run_curl_gateway_exact_body() {
     let upload = pattern_bytes(22, MIB + 7);
     let server = HttpServer::start(body.clone());
     let url = format!("http://{GATEWAY}:{}/exact", server.port());
-    let argv: Vec<String> = [
-        "curl",
-        "-sS",
-        "--fail",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "60",
-        "--data-binary",
-        "@-",
-        &url,
-    ]
-    .map(String::from)
-    .to_vec();
     let out = tapsplice_run_capture(
         &bin,
         &[],
-        &argv,
+        &curl_post(&url),
         Some(upload.clone()),
         Duration::from_secs(90),
     );
-    out.assert_success("curl in tapsplice run");
-    assert_eq!(
-        Digest::of(&out.stdout),
-        Digest::of(&body),
-        "body received by curl differs"
-    );
-    assert!(out.stdout == body, "body bytes differ");
-    let recs = server.records();
-    assert_eq!(recs.len(), 1, "expected one request: {recs:?}");
-    assert_eq!(recs[0].request_line, "POST /exact HTTP/1.1");
-    assert_eq!(
-        recs[0].body,
-        Digest::of(&upload),
-        "request body received by the server differs"
-    );
-    assert_eq!(recs[0].sent, Digest::of(&body));
+    let rec = server.assert_one_post(&out, "curl in tapsplice run", "/exact", &upload, &body);
+    assert_eq!(rec.sent, Digest::of(&body));
 }
 
 // (b)
@@ -119,14 +82,8 @@ fn run_refused_port_fails_fast() {
     let argv = with_python(py_client(GATEWAY, port, 1000, 31, 2));
     let out = tapsplice_run_capture(&bin, &[], &argv, None, Duration::from_secs(10));
     out.assert_success("client in tapsplice run");
-    let r = Json::last_in(&out.stdout_str());
-    assert!(!r.ok(), "connect to a closed port succeeded: {r:?}");
-    assert_eq!(r.str("stage"), "connect", "{r:?}");
-    assert_eq!(
-        r.i64("errno"),
-        libc::ECONNREFUSED as i64,
-        "expected ECONNREFUSED: {r:?}"
-    );
+    Json::last_in(&out.stdout_str())
+        .assert_connect_error("connect to a closed port", libc::ECONNREFUSED);
 }
 
 // (d)
@@ -144,16 +101,9 @@ fn run_disable_host_loopback_enetunreach() {
         Duration::from_secs(20),
     );
     out.assert_success("client in tapsplice run --disable-host-loopback");
-    let r = Json::last_in(&out.stdout_str());
-    assert!(
-        !r.ok(),
-        "connect to the gateway succeeded despite --disable-host-loopback: {r:?}"
-    );
-    assert_eq!(r.str("stage"), "connect", "{r:?}");
-    assert_eq!(
-        r.i64("errno"),
-        libc::ENETUNREACH as i64,
-        "expected ENETUNREACH (Network is unreachable): {r:?}"
+    Json::last_in(&out.stdout_str()).assert_connect_error(
+        "connect to the gateway despite --disable-host-loopback",
+        libc::ENETUNREACH,
     );
     assert_eq!(
         server.accepted(),
@@ -197,7 +147,7 @@ fn run_remote_peer_over_veth_16mib() {
     let argv = with_python(py_client(&peer_ip, port, len, up_seed, 10));
     let out = tapsplice_run_capture(&bin, &[], &argv, None, Duration::from_secs(120));
     out.assert_success("client in tapsplice run");
-    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
+    let client = Json::last_in(&out.stdout_str()).digests();
     let status = server.wait_deadline(SHORT_DEADLINE);
     assert!(
         status.success(),
@@ -208,13 +158,8 @@ fn run_remote_peer_over_veth_16mib() {
     let result_line = line_rx
         .recv_timeout(SHORT_DEADLINE)
         .expect("peer server result line");
-    let (srv_sent, srv_recv) = Json::parse(&result_line).digests();
-    let up = pattern_digest(up_seed, len);
-    let down = pattern_digest(down_seed, len);
-    assert_eq!(client_sent, up);
-    assert_eq!(srv_recv, up, "guest -> peer bytes differ");
-    assert_eq!(srv_sent, down);
-    assert_eq!(client_recv, down, "peer -> guest bytes differ");
+    let srv = Json::parse(&result_line).digests();
+    assert_exchange("peer", &client, &srv, (up_seed, down_seed, len));
     drop(server);
     drop(peer);
 }
@@ -266,13 +211,8 @@ fn main_mode_ready_fd_configure_and_gateway_data() {
         Duration::from_secs(120),
     );
     out.assert_success("python client in the namespace");
-    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
-    let rec = server.wait_records(1, SHORT_DEADLINE).remove(0);
-    assert_eq!(rec.error, None);
-    assert_eq!(client_sent, pattern_digest(up_seed, len));
-    assert_eq!(rec.received, client_sent, "guest -> host bytes differ");
-    assert_eq!(rec.sent, pattern_digest(down_seed, len));
-    assert_eq!(client_recv, rec.sent, "host -> guest bytes differ");
+    let client = Json::last_in(&out.stdout_str()).digests();
+    server.assert_one_exchange("host", &client, (up_seed, down_seed, len), SHORT_DEADLINE);
     drop(main);
 }
 

@@ -77,19 +77,15 @@ impl PeerServers {
     /// connection, datagram and echo request from `want_src`.
     fn check(&mut self, out: &str, prefix: &str, want_src: IpAddr, up_seed: u64, down_seed: u64) {
         let client = json_of_mode_prefixed(out, prefix, "tcp_client");
-        let (client_sent, client_recv) = client.digests();
         let srv = self
             .tcp
             .wait_json("the TCP connection's report", SHORT, |j| j.has("ok"));
-        let (srv_sent, srv_recv) = srv.digests();
-        let (up, down) = (
-            pattern_digest(up_seed, TCP_LEN),
-            pattern_digest(down_seed, TCP_LEN),
+        assert_exchange(
+            "peer",
+            &client.digests(),
+            &srv.digests(),
+            (up_seed, down_seed, TCP_LEN),
         );
-        assert_eq!(client_sent, up);
-        assert_eq!(srv_recv, up, "guest -> peer bytes differ");
-        assert_eq!(srv_sent, down);
-        assert_eq!(client_recv, down, "peer -> guest bytes differ");
         assert_eq!(
             srv.str("peer").parse::<IpAddr>().ok(),
             Some(want_src),

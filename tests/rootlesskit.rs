@@ -63,23 +63,6 @@ impl RootlessEnv {
     }
 }
 
-fn curl_post(url: &str) -> Vec<String> {
-    [
-        "curl",
-        "-sS",
-        "--fail",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "60",
-        "--data-binary",
-        "@-",
-        url,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// Through rootlesskit with `flags`: curl posts a body to a host server on 127.0.0.1 via the
 /// gateway and gets the exact body back; then the python client moves `len` bytes each way.
 fn curl_and_bulk(flags: &[&str], len: u64) {
@@ -95,21 +78,7 @@ fn curl_and_bulk(flags: &[&str], len: u64) {
         &curl_post(&format!("http://{GATEWAY}:{}/rk", http.port())),
         Some(upload.clone()),
     );
-    out.assert_success("curl under rootlesskit");
-    assert_eq!(
-        Digest::of(&out.stdout),
-        Digest::of(&body),
-        "body received by curl differs"
-    );
-    assert!(out.stdout == body, "body bytes differ");
-    let recs = http.records();
-    assert_eq!(recs.len(), 1, "expected one request: {recs:?}");
-    assert_eq!(recs[0].request_line, "POST /rk HTTP/1.1");
-    assert_eq!(
-        recs[0].body,
-        Digest::of(&upload),
-        "request body received by the server differs"
-    );
+    http.assert_one_post(&out, "curl under rootlesskit", "/rk", &upload, &body);
 
     let (up_seed, down_seed) = (83, 84);
     let server = TestServer::start(down_seed, len);
@@ -119,13 +88,13 @@ fn curl_and_bulk(flags: &[&str], len: u64) {
         None,
     );
     out.assert_success("python client under rootlesskit");
-    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
-    let rec = server.wait_records(1, Duration::from_secs(30)).remove(0);
-    assert_eq!(rec.error, None);
-    assert_eq!(client_sent, pattern_digest(up_seed, len));
-    assert_eq!(rec.received, client_sent, "guest -> host bytes differ");
-    assert_eq!(rec.sent, pattern_digest(down_seed, len));
-    assert_eq!(client_recv, rec.sent, "host -> guest bytes differ");
+    let client = Json::last_in(&out.stdout_str()).digests();
+    server.assert_one_exchange(
+        "host",
+        &client,
+        (up_seed, down_seed, len),
+        Duration::from_secs(30),
+    );
 }
 
 /// rootlesskit's own default MTU for slirp4netns (65520 in rootlesskit 1.1).
@@ -154,16 +123,9 @@ fn rootlesskit_disable_host_loopback_enetunreach() {
     let argv = with_python(py_client(GATEWAY, server.port(), 1000, 92, 5));
     let out = env.rootlesskit(&["--disable-host-loopback"], &argv, None);
     out.assert_success("python client under rootlesskit --disable-host-loopback");
-    let r = Json::last_in(&out.stdout_str());
-    assert!(
-        !r.ok(),
-        "connect to the gateway succeeded despite --disable-host-loopback: {r:?}"
-    );
-    assert_eq!(r.str("stage"), "connect", "{r:?}");
-    assert_eq!(
-        r.i64("errno"),
-        libc::ENETUNREACH as i64,
-        "expected ENETUNREACH: {r:?}"
+    Json::last_in(&out.stdout_str()).assert_connect_error(
+        "connect to the gateway despite --disable-host-loopback",
+        libc::ENETUNREACH,
     );
     assert_eq!(
         server.accepted(),
@@ -192,11 +154,11 @@ fn unprivileged_run_carries_data_both_ways() {
         DEADLINE,
     );
     out.assert_success("python client in tapsplice run as the test user");
-    let (client_sent, client_recv) = Json::last_in(&out.stdout_str()).digests();
-    let rec = server.wait_records(1, Duration::from_secs(30)).remove(0);
-    assert_eq!(rec.error, None);
-    assert_eq!(client_sent, pattern_digest(up_seed, len));
-    assert_eq!(rec.received, client_sent, "guest -> host bytes differ");
-    assert_eq!(rec.sent, pattern_digest(down_seed, len));
-    assert_eq!(client_recv, rec.sent, "host -> guest bytes differ");
+    let client = Json::last_in(&out.stdout_str()).digests();
+    server.assert_one_exchange(
+        "host",
+        &client,
+        (up_seed, down_seed, len),
+        Duration::from_secs(30),
+    );
 }

@@ -114,6 +114,22 @@ pub fn pattern_digest(seed: u64, len: u64) -> Digest {
     h.finish()
 }
 
+/// Checks both ends of one exchange of pattern streams, `len` bytes each way: the guest sent the
+/// stream of `up_seed` and received that of `down_seed`, and the far end (`far`, e.g. "host" or
+/// "peer") received and sent the same. `client` and `server` are (sent, received) as reported.
+pub fn assert_exchange(
+    far: &str,
+    client: &(Digest, Digest),
+    server: &(Digest, Digest),
+    (up_seed, down_seed, len): (u64, u64, u64),
+) {
+    let (up, down) = (pattern_digest(up_seed, len), pattern_digest(down_seed, len));
+    assert_eq!(client.0, up, "guest did not send the expected stream");
+    assert_eq!(server.1, up, "guest -> {far} bytes differ");
+    assert_eq!(server.0, down, "{far} did not send the expected stream");
+    assert_eq!(client.1, down, "{far} -> guest bytes differ");
+}
+
 /// Digest of the stream of `seed`, `len` bytes repeated `times` times back to back (what the
 /// many-connections client sends or receives in all).
 pub fn pattern_digest_repeated(seed: u64, len: u64, times: u64) -> Digest {
@@ -174,6 +190,18 @@ impl Json {
 
     pub fn ok(&self) -> bool {
         self.0.get("ok").and_then(serde_json::Value::as_bool) == Some(true)
+    }
+
+    /// Panics unless the report is of a connection attempt (`what`) that failed with `errno`.
+    pub fn assert_connect_error(&self, what: &str, errno: i32) {
+        assert!(!self.ok(), "{what} succeeded: {self:?}");
+        assert_eq!(self.str("stage"), "connect", "{self:?}");
+        assert_eq!(
+            self.i64("errno"),
+            i64::from(errno),
+            "{what}: expected {}: {self:?}",
+            io::Error::from_raw_os_error(errno)
+        );
     }
 
     /// `(sent, received)` digests of a successful exchange; panics with the report otherwise.

@@ -79,6 +79,25 @@ pub fn assert_ping_transcript(out: &str, from: &str, count: u32, bytes: u32) {
     );
 }
 
+/// `curl` posting its stdin to `url` (failing on an HTTP error, 60 s at most), as a guest
+/// program.
+pub fn curl_post(url: &str) -> Vec<String> {
+    [
+        "curl",
+        "-sS",
+        "--fail",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "60",
+        "--data-binary",
+        "@-",
+        url,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// `x.to_string()`, short for building argument lists.
 pub fn s(x: impl ToString) -> String {
     x.to_string()

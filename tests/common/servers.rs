@@ -119,6 +119,28 @@ impl TestServer {
         self.records.lock().unwrap().clone()
     }
 
+    /// Waits (at most `deadline`) for the one connection of a client's exchange of pattern
+    /// streams and checks it, exactly one and without I/O error, with [`assert_exchange`]
+    /// (`far` naming this server's end). `client` is what the client reported: (sent, received).
+    pub fn assert_one_exchange(
+        &self,
+        far: &str,
+        client: &(Digest, Digest),
+        (up_seed, down_seed, len): (u64, u64, u64),
+        deadline: Duration,
+    ) {
+        let recs = self.wait_records(1, deadline);
+        assert_eq!(
+            recs.len(),
+            1,
+            "expected exactly one connection at the server: {recs:?}"
+        );
+        let rec = &recs[0];
+        assert_eq!(rec.error, None, "server side I/O error");
+        let server = (rec.sent.clone(), rec.received.clone());
+        assert_exchange(far, client, &server, (up_seed, down_seed, len));
+    }
+
     /// Waits until `n` connections have finished; returns their records.
     pub fn wait_records(&self, n: usize, deadline: Duration) -> Vec<ConnRecord> {
         wait_for_value(
@@ -204,6 +226,35 @@ impl HttpServer {
 
     pub fn records(&self) -> Vec<HttpRecord> {
         self.records.lock().unwrap().clone()
+    }
+
+    /// Checks a POST of `upload` to `path` that the server answered with `body` (its body):
+    /// the client's run (`out`, e.g. [`curl_post`]) succeeded and printed exactly `body`, and the
+    /// server saw one request, `POST {path} HTTP/1.1`, whose body was `upload`. Returns it.
+    pub fn assert_one_post(
+        &self,
+        out: &Captured,
+        what: &str,
+        path: &str,
+        upload: &[u8],
+        body: &[u8],
+    ) -> HttpRecord {
+        out.assert_success(what);
+        assert_eq!(
+            Digest::of(&out.stdout),
+            Digest::of(body),
+            "body received by curl differs"
+        );
+        assert!(out.stdout == body, "body bytes differ");
+        let mut recs = self.records();
+        assert_eq!(recs.len(), 1, "expected one request: {recs:?}");
+        assert_eq!(recs[0].request_line, format!("POST {path} HTTP/1.1"));
+        assert_eq!(
+            recs[0].body,
+            Digest::of(upload),
+            "request body received by the server differs"
+        );
+        recs.remove(0)
     }
 }
 
