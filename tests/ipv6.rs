@@ -210,39 +210,28 @@ fn udp_echo_to_veth_peer() {
     let seed = 611;
     let peer = DualStackPeer::new(&[1], &[1]);
     let (mut server, port) = peer_server(&peer, "udp_server", &[s(peer.peer6), s(20)]);
-    let list = sizes.map(|n| n.to_string()).join(",");
     let out = run6(
         &bin,
         &[],
         r#"wait_slaac; py udp_echo "$1" "$2" "$3" "$4" 5"#,
-        &[s(peer.peer6), s(port), s(seed), list],
+        &[s(peer.peer6), s(port), s(seed), join_sizes(&sizes)],
         SHORT,
     );
     let r = json_of_mode(&out, "udp_echo");
     assert!(r.ok(), "UDP echo over IPv6 failed: {r:?}");
     assert_eq!(r.u64("count"), sizes.len() as u64, "{r:?}");
-    let mut want = Hasher::default();
-    for (i, &n) in sizes.iter().enumerate() {
-        want.update(&py_net_payload(seed, i as u64, n));
-    }
-    let want = want.finish();
+    let want = payload_digest(seed, &sizes);
     let (sent, recv) = r.digests();
     assert_eq!(sent, want, "guest sent other datagrams");
     assert_eq!(recv, want, "echoes differ from what was sent");
-    let got = server.wait_json_n("one report per datagram", sizes.len(), SHORT, |j| {
-        j.has("from")
-    });
-    assert_eq!(got.len(), sizes.len(), "datagrams at the peer: {got:?}");
-    let mut at_peer = Hasher::default();
-    for (i, (j, &n)) in got.iter().zip(&sizes).enumerate() {
-        let p = py_net_payload(seed, i as u64, n);
-        assert_eq!(j.u64("len"), n as u64, "datagram {i} at the peer: {j:?}");
-        assert_eq!(j.str("sha"), Digest::of(&p).sha, "datagram {i} at the peer");
-        let from: IpAddr = j.str("from").parse().expect("from");
-        assert_eq!(from, IpAddr::V6(peer.host6[0]), "datagram {i} source");
-        at_peer.update(&p);
-    }
-    assert_eq!(at_peer.finish(), want);
+    let at_peer = assert_udp_server_got(
+        &mut server,
+        "the peer",
+        IpAddr::V6(peer.host6[0]),
+        (seed, &sizes),
+        SHORT,
+    );
+    assert_eq!(at_peer, want);
     drop(server);
     drop(peer);
 }
@@ -327,7 +316,7 @@ fn gateway_fd00_2_reaches_host_ipv6_loopback() {
             s(up_seed),
             s(udp_port),
             s(udp_seed),
-            sizes.map(|n| n.to_string()).join(","),
+            join_sizes(&sizes),
         ],
         BULK,
     );
@@ -342,19 +331,13 @@ fn gateway_fd00_2_reaches_host_ipv6_loopback() {
     assert!(r.ok(), "UDP echo via fd00::2 failed: {r:?}");
     let (sent, recv) = r.digests();
     assert_eq!(sent, recv, "echoes differ from what was sent: {r:?}");
-    let got = udp.wait_json_n("3 datagrams at the [::1] server", 3, SHORT, |j| {
-        j.has("from")
-    });
-    for (i, (j, &n)) in got.iter().zip(&sizes).enumerate() {
-        assert_eq!(j.u64("len"), n as u64, "datagram {i}: {j:?}");
-        assert_eq!(
-            j.str("sha"),
-            Digest::of(&py_net_payload(udp_seed, i as u64, n)).sha,
-            "datagram {i} at the [::1] server"
-        );
-        let from: IpAddr = j.str("from").parse().expect("from");
-        assert_eq!(from, IpAddr::V6(Ipv6Addr::LOCALHOST), "datagram {i} source");
-    }
+    assert_udp_server_got(
+        &mut udp,
+        "the [::1] server",
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (udp_seed, &sizes),
+        SHORT,
+    );
 }
 
 /// UDP to a closed port of fd00::2 gives ECONNREFUSED (ICMPv6 port unreachable passed on);

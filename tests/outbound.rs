@@ -7,7 +7,6 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -120,45 +119,18 @@ fn run_remote_peer_over_veth_16mib() {
     let (up_seed, down_seed) = (51, 52);
     let peer = VethPeer::new();
     let peer_ip = peer.peer_ip.to_string();
-    let logs = TempDir::new("tsout");
     let mut cmd = peer.ns.exec(PYTHON, &py_server(&peer_ip, len, down_seed));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut server = Child::spawn_logged(
-        "python server in the peer namespace",
-        &mut cmd,
-        logs.join("server.log"),
-    );
-    let stdout = server.inner().stdout.take().expect("stdout pipe");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let port_line = line_rx
-        .recv_timeout(SHORT_DEADLINE)
-        .unwrap_or_else(|_| panic!("peer server did not print its port: {}", server.log()));
-    let port = u16::try_from(Json::parse(&port_line).u64("port")).expect("port");
+    let mut server = LineChild::spawn("python server in the peer namespace", &mut cmd);
+    let port = server.wait_port(SHORT_DEADLINE);
 
     let argv = with_python(py_client(&peer_ip, port, len, up_seed, 10));
     let out = tapsplice_run_capture(&bin, &[], &argv, None, Duration::from_secs(120));
     out.assert_success("client in tapsplice run");
     let client = Json::last_in(&out.stdout_str()).digests();
-    let status = server.wait_deadline(SHORT_DEADLINE);
-    assert!(
-        status.success(),
-        "peer server: {}\n{}",
-        describe_status(status),
-        server.log()
-    );
-    let result_line = line_rx
-        .recv_timeout(SHORT_DEADLINE)
-        .expect("peer server result line");
-    let srv = Json::parse(&result_line).digests();
+    server.assert_exits_ok(SHORT_DEADLINE);
+    let srv = server
+        .wait_json("the peer server's report", SHORT_DEADLINE, |j| j.has("ok"))
+        .digests();
     assert_exchange("peer", &client, &srv, (up_seed, down_seed, len));
     drop(server);
     drop(peer);

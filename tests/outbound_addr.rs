@@ -97,29 +97,14 @@ impl PeerServers {
         let (sent, recv) = echo.digests();
         assert_eq!(sent, recv, "UDP echoes differ from what was sent: {echo:?}");
         let sizes: Vec<usize> = UDP_SIZES.split(',').map(|x| x.parse().unwrap()).collect();
-        let got = self
-            .udp
-            .wait_json_n("a report per datagram", sizes.len(), SHORT, |j| {
-                j.has("from")
-            });
-        assert_eq!(got.len(), sizes.len(), "datagrams at the peer: {got:?}");
-        let mut at_peer = Hasher::default();
-        for (i, (j, &size)) in got.iter().zip(&sizes).enumerate() {
-            let p = py_net_payload(UDP_SEED, i as u64, size);
-            assert_eq!(j.u64("len"), size as u64, "datagram {i} at the peer: {j:?}");
-            assert_eq!(j.str("sha"), Digest::of(&p).sha, "datagram {i} at the peer");
-            assert_eq!(
-                j.str("from").parse::<IpAddr>().ok(),
-                Some(want_src),
-                "source address of datagram {i} at the peer: {j:?}"
-            );
-            at_peer.update(&p);
-        }
-        assert_eq!(
-            at_peer.finish(),
-            sent,
-            "datagrams at the peer vs sent by the guest"
+        let at_peer = assert_udp_server_got(
+            &mut self.udp,
+            "the peer",
+            want_src,
+            (UDP_SEED, &sizes),
+            SHORT,
         );
+        assert_eq!(at_peer, sent, "datagrams at the peer vs sent by the guest");
 
         if let Some(icmp) = &mut self.icmp {
             let reqs = icmp.wait_json_n("3 echo requests", 3, SHORT, |j| j.has("seq"));

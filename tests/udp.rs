@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,321 +23,36 @@ const LONG: Duration = Duration::from_secs(120);
 /// Seed of the datagrams a server sends when asked with `SEND:<size>`.
 const DOWN_SEED: u64 = 7;
 
-/// Digest of datagrams `0..sizes.len()` of `seed` back to back.
-fn sequence_digest(seed: u64, sizes: &[usize]) -> Digest {
-    let mut h = Hasher::default();
-    for (i, &s) in sizes.iter().enumerate() {
-        h.update(&py_net_payload(seed, i as u64, s));
-    }
-    h.finish()
+/// Arguments of `python3` for [`PY_NET`]'s `udp_echo` of datagrams of `seed` and `sizes` to
+/// `host:port` (5 s for each echo).
+fn echo_args(host: &str, port: u16, seed: u64, sizes: &[usize]) -> Vec<String> {
+    py_net_args(
+        "udp_echo",
+        &[s(host), s(port), s(seed), join_sizes(sizes), s(5)],
+    )
 }
 
-fn join_sizes(sizes: &[usize]) -> String {
-    sizes
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The UDP helper run inside namespaces: `python3 -c PY_UDP MODE ARGS...`, one JSON object per
-/// line on stdout.
-///
-/// - `echo HOST PORT SEED SIZES [TIMEOUT]`: one unconnected socket; for each size (comma list)
-///   sends datagram `i` and waits for its echo, which must be byte-identical and come from
-///   HOST:PORT. `{"ok":true,"count","sent_len","sent_sha","recv_len","recv_sha","local_port"}`
-///   or `{"ok":false,"stage":"send"|"recv"|"check","index","size",...}`.
-/// - `oversize HOST PORT SEED UP_BIG UP_OK DOWN_BIG DOWN_OK`: sends UP_BIG then UP_OK bytes and
-///   reports every datagram that comes back within 1.5 s after the UP_OK echo; then asks the
-///   server (`SEND:n`) for DOWN_BIG then DOWN_OK bytes and reports what arrives.
-/// - `burst HOST PORT SEED COUNT SIZE WINDOW`: COUNT datagrams with at most WINDOW unanswered;
-///   stops after 3 s without progress. Reports received, lost, bad, elapsed and rate.
-/// - `error HOST PORT RECVERR TIMEOUT`: a connected socket (with IP_RECVERR when RECVERR is 1)
-///   sends one datagram and reads: `{"result":"error","errno",...,"ee_type","ee_code",
-///   "offender"}`, `{"result":"timeout"}` or `{"result":"data"}`.
-/// - `multi HOST PORTS NSOCK ROUNDS SEED`: NSOCK sockets; each round every socket sends one
-///   datagram to each port (comma list) and then each socket reads its echoes, which must be its
-///   own, each from the port it went to (in any order). Reports the local ports.
-/// - `fanout HOST PORT COUNT`: COUNT sockets, each sends one datagram and reads its echo; all
-///   stay open until the end.
-/// - `timeline HOST PORT DURATION ACTIONS`: ACTIONS is JSON `[[t, sock, text], ...]`; sends each
-///   text from the named socket at t seconds, prints every datagram received until DURATION as
-///   `{"sock","recv","from","t_ms"}` and finally `{"done":true,"ports":{...}}`.
-/// - `server BIND_IP COUNT IDLE`: (for a veth peer) binds BIND_IP:0, prints `{"port"}`, echoes
-///   COUNT datagrams (or until IDLE s pass without one), prints digests and the sources seen.
-const PY_UDP: &str = r#"
-import errno, hashlib, json, select, socket, struct, sys, time
-
-def out(o):
-    sys.stdout.write(json.dumps(o, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
-
-def ms(t0):
-    return int((time.monotonic() - t0) * 1000)
-
-def payload(seed, i, size):
-    h = hashlib.sha256(b"tapsplice-udp:%d:%d" % (int(seed), int(i))).digest()
-    return (h * (size // 32 + 1))[:size]
-
-def udp_socket():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE (root): past rmem_max
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    return s
-
-def fmt(a):
-    return "%s:%d" % a
-
-def echo(host, port, seed, sizes, timeout="5"):
-    dest = (host, int(port))
-    s = udp_socket()
-    s.settimeout(float(timeout))
-    hs, hr = hashlib.sha256(), hashlib.sha256()
-    sl = rl = n = 0
-    t0 = time.monotonic()
-    for i, size in enumerate(int(x) for x in sizes.split(",")):
-        p = payload(seed, i, size)
-        try:
-            s.sendto(p, dest)
-        except OSError as e:
-            return out({"ok": False, "stage": "send", "index": i, "size": size, "errno": e.errno, "error": str(e)})
-        hs.update(p); sl += len(p)
-        try:
-            data, frm = s.recvfrom(1 << 17)
-        except socket.timeout:
-            return out({"ok": False, "stage": "recv", "index": i, "size": size, "errno": -1, "error": "timed out"})
-        except OSError as e:
-            return out({"ok": False, "stage": "recv", "index": i, "size": size, "errno": e.errno, "error": str(e)})
-        hr.update(data); rl += len(data); n += 1
-        if frm != dest or data != p:
-            return out({"ok": False, "stage": "check", "index": i, "size": size, "from": fmt(frm), "got_len": len(data), "equal": data == p})
-    out({"ok": True, "count": n, "sent_len": sl, "sent_sha": hs.hexdigest(), "recv_len": rl,
-         "recv_sha": hr.hexdigest(), "local_port": s.getsockname()[1], "elapsed_ms": ms(t0)})
-
-def drain(s, quiet):
-    got = []
-    s.settimeout(quiet)
-    while True:
-        try:
-            data, frm = s.recvfrom(1 << 17)
-        except socket.timeout:
-            return got
-        got.append((data, frm))
-
-def oversize(host, port, seed, up_big, up_ok, down_big, down_ok):
-    dest = (host, int(port))
-    up_big, up_ok, down_big, down_ok = int(up_big), int(up_ok), int(down_big), int(down_ok)
-    s = udp_socket()
-    r = {"ok": True}
-    big, ok = payload(seed, 0, up_big), payload(seed, 1, up_ok)
-    s.sendto(big, dest)
-    s.sendto(ok, dest)
-    got = drain(s, 1.5)
-    r["up"] = [{"len": len(d), "is_ok": d == ok, "is_big": d == big, "from": fmt(f)} for d, f in got]
-    s.sendto(b"SEND:%d" % down_big, dest)
-    s.sendto(b"SEND:%d" % down_ok, dest)
-    got = drain(s, 1.5)
-    dbig, dok = payload(7, down_big, down_big), payload(7, down_ok, down_ok)
-    r["down"] = [{"len": len(d), "is_ok": d == dok, "is_big": d == dbig, "from": fmt(f)} for d, f in got]
-    out(r)
-
-def burst(host, port, seed, count, size, window):
-    dest = (host, int(port))
-    count, size, window = int(count), int(size), int(window)
-    s = udp_socket()
-    s.setblocking(False)
-    pending = {}
-    got = [False] * count
-    nxt = received = bad = 0
-    hs = hashlib.sha256()
-    t0 = last = time.monotonic()
-    while received < count:
-        while nxt < count and len(pending) < window:
-            p = payload(seed, nxt, size)
-            try:
-                s.sendto(p, dest)
-            except BlockingIOError:
-                break
-            hs.update(p)
-            pending[p] = nxt
-            nxt += 1
-        r, _, _ = select.select([s], [], [], 0.2)
-        now = time.monotonic()
-        if r:
-            while True:
-                try:
-                    data, frm = s.recvfrom(1 << 17)
-                except BlockingIOError:
-                    break
-                i = pending.pop(data, None)
-                if i is None or frm != dest:
-                    bad += 1
-                    continue
-                got[i] = True
-                received += 1
-                last = now
-        elif now - last > 3.0:
-            break
-    # Up to the last datagram back: the 3 s waited for lost ones do not count.
-    elapsed = last - t0
-    hr = hashlib.sha256()
-    for i in range(count):
-        if got[i]:
-            hr.update(payload(seed, i, size))
-    out({"ok": received == count and bad == 0, "count": count, "sent": nxt, "received": received,
-         "lost": nxt - received, "bad": bad, "sent_len": nxt * size, "sent_sha": hs.hexdigest(),
-         "recv_len": received * size, "recv_sha": hr.hexdigest(), "elapsed_ms": int(elapsed * 1000),
-         "pps": int(received / elapsed) if elapsed > 0 else 0})
-
-def error(host, port, recverr, timeout):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if recverr == "1":
-        s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
-    s.connect((host, int(port)))
-    s.settimeout(float(timeout))
-    t0 = time.monotonic()
-    s.send(b"tapsplice-error-probe")
-    try:
-        data = s.recv(2048)
-        return out({"result": "data", "len": len(data), "elapsed_ms": ms(t0)})
-    except socket.timeout:
-        return out({"result": "timeout", "elapsed_ms": ms(t0)})
-    except OSError as e:
-        r = {"result": "error", "errno": e.errno, "error": str(e), "elapsed_ms": ms(t0)}
-    if recverr == "1":
-        try:
-            _, anc, _, _ = s.recvmsg(2048, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-            for level, typ, data in anc:
-                if level == socket.IPPROTO_IP and typ == 11 and len(data) >= 16:
-                    ee_errno, origin, etype, code, _, info, _ = struct.unpack("=IBBBBII", data[:16])
-                    r.update({"ee_errno": ee_errno, "ee_origin": origin, "ee_type": etype, "ee_code": code})
-                    if len(data) >= 24:
-                        r["offender"] = socket.inet_ntoa(data[20:24])
-        except OSError as e:
-            r["errqueue_error"] = str(e)
-    out(r)
-
-def multi(host, ports, nsock, rounds, seed):
-    dests = [(host, int(p)) for p in ports.split(",")]
-    socks = [udp_socket() for _ in range(int(nsock))]
-    for s in socks:
-        s.settimeout(5.0)
-    n = 0
-    hs, hr = hashlib.sha256(), hashlib.sha256()
-    sl = rl = 0
-    for r in range(int(rounds)):
-        sent = []
-        for k, s in enumerate(socks):
-            for d in dests:
-                p = payload(seed, n, 64 + n % 900)
-                n += 1
-                s.sendto(p, d)
-                hs.update(p); sl += len(p)
-                sent.append((k, d, p))
-        # Each socket must get exactly its own echoes, each from the server it went to; the
-        # two servers answer independently, so in any order.
-        for k, s in enumerate(socks):
-            want = {(d, p) for kk, d, p in sent if kk == k}
-            while want:
-                try:
-                    data, frm = s.recvfrom(1 << 16)
-                except OSError as e:
-                    return out({"ok": False, "stage": "recv", "round": r, "sock": k, "error": str(e) or "timed out"})
-                if (frm, data) not in want:
-                    return out({"ok": False, "stage": "check", "round": r, "sock": k, "from": fmt(frm),
-                                "len": len(data), "expected_from": sorted(fmt(d) for d, _ in want)})
-                want.remove((frm, data))
-                hr.update(data); rl += len(data)
-    out({"ok": True, "datagrams": n, "sent_len": sl, "sent_sha": hs.hexdigest(), "recv_len": rl,
-         "recv_sha": hr.hexdigest(), "local_ports": [s.getsockname()[1] for s in socks]})
-
-def fanout(host, port, count):
-    dest = (host, int(port))
-    socks = []
-    for i in range(int(count)):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(5.0)
-        p = payload(99, i, 100)
-        s.sendto(p, dest)
-        try:
-            data, frm = s.recvfrom(2048)
-        except OSError as e:
-            return out({"ok": False, "index": i, "error": str(e) or "timed out"})
-        if data != p or frm != dest:
-            return out({"ok": False, "index": i, "error": "wrong echo"})
-        socks.append(s)
-    out({"ok": True, "count": len(socks)})
-
-def timeline(host, port, duration, actions):
-    dest = (host, int(port))
-    acts = sorted(json.loads(actions), key=lambda a: a[0])
-    socks = {}
-    for _, name, _ in acts:
-        if name not in socks:
-            socks[name] = udp_socket()
-            socks[name].setblocking(False)
-    by_fd = {s.fileno(): name for name, s in socks.items()}
-    t0 = time.monotonic()
-    end = t0 + float(duration)
-    ai = 0
-    while True:
-        now = time.monotonic()
-        while ai < len(acts) and now - t0 >= acts[ai][0]:
-            _, name, text = acts[ai]
-            socks[name].sendto(text.encode(), dest)
-            out({"sent": text, "sock": name, "t_ms": ms(t0)})
-            ai += 1
-        if now >= end:
-            break
-        nxt = end if ai >= len(acts) else min(end, t0 + acts[ai][0])
-        r, _, _ = select.select(list(socks.values()), [], [], max(0.0, nxt - now))
-        for s in r:
-            name = by_fd[s.fileno()]
-            try:
-                data, frm = s.recvfrom(1 << 16)
-            except OSError as e:
-                out({"sock": name, "errno": e.errno, "error": str(e), "t_ms": ms(t0)})
-                continue
-            out({"sock": name, "recv": data.decode("latin-1"), "from": fmt(frm), "t_ms": ms(t0)})
-    out({"done": True, "ports": {k: v.getsockname()[1] for k, v in socks.items()}})
-
-def server(bind_ip, count, idle):
-    s = udp_socket()
-    s.bind((bind_ip, 0))
-    out({"port": s.getsockname()[1]})
-    s.settimeout(float(idle))
-    hs, hr = hashlib.sha256(), hashlib.sha256()
-    sl = rl = n = 0
-    sources = []
-    while n < int(count):
-        try:
-            data, frm = s.recvfrom(1 << 17)
-        except socket.timeout:
-            break
-        hr.update(data); rl += len(data); n += 1
-        if frm[0] not in sources:
-            sources.append(frm[0])
-        s.sendto(data, frm)
-        hs.update(data); sl += len(data)
-    out({"ok": True, "count": n, "recv_len": rl, "recv_sha": hr.hexdigest(), "sent_len": sl,
-         "sent_sha": hs.hexdigest(), "sources": sources})
-
-{"echo": echo, "oversize": oversize, "burst": burst, "error": error, "multi": multi,
- "fanout": fanout, "timeline": timeline, "server": server}[sys.argv[1]](*sys.argv[2:])
-"#;
-
-/// `[PYTHON, "-c", PY_UDP, MODE, ARGS...]`: a whole argv, for `tapsplice run`.
-fn py_udp(mode: &str, args: &[String]) -> Vec<String> {
-    with_python(py_udp_args(mode, args))
-}
-
-/// The arguments after [`PYTHON`], for [`NetnsFixture::exec`].
-fn py_udp_args(mode: &str, args: &[String]) -> Vec<String> {
-    let mut v = vec![mode.to_string()];
-    v.extend(args.iter().cloned());
-    python_script(PY_UDP, &v)[1..].to_vec()
+/// Checks an `udp_echo` run (`out`) to `server`: it succeeded, and every datagram of `seed` and
+/// `sizes` was sent, echoed back and received by the server. Returns the client's report.
+fn assert_echoed(
+    out: &Captured,
+    what: &str,
+    server: &UdpServer,
+    seed: u64,
+    sizes: &[usize],
+) -> Json {
+    out.assert_success(what);
+    let r = Json::last_in(&out.stdout_str());
+    let (sent, recv) = r.digests();
+    let want = payload_digest(seed, sizes);
+    assert_eq!(sent, want, "guest did not send the expected datagrams");
+    assert_eq!(recv, want, "echoes received by the guest differ");
+    assert_eq!(
+        server.received_digest(),
+        want,
+        "datagrams received by the host server differ"
+    );
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,26 +190,14 @@ const SIZES_65520: &[usize] = &[
 fn echo_via_gateway(opts: &[&str], sizes: &[usize], seed: u64) {
     let Some(bin) = prereqs(&[]) else { return };
     let server = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "echo",
-        &[
-            GATEWAY.into(),
-            server.port().to_string(),
-            seed.to_string(),
-            join_sizes(sizes),
-        ],
-    );
+    let argv = with_python(echo_args(GATEWAY, server.port(), seed, sizes));
     let out = tapsplice_run_capture(&bin, opts, &argv, None, SHORT);
-    out.assert_success("UDP echo client in tapsplice run");
-    let r = Json::last_in(&out.stdout_str());
-    let (sent, recv) = r.digests();
-    let want = sequence_digest(seed, sizes);
-    assert_eq!(sent, want, "guest did not send the expected datagrams");
-    assert_eq!(recv, want, "echoes received by the guest differ");
-    assert_eq!(
-        server.received_digest(),
-        want,
-        "datagrams received by the host server differ"
+    let r = assert_echoed(
+        &out,
+        "UDP echo client in tapsplice run",
+        &server,
+        seed,
+        sizes,
     );
     let got = server.received();
     assert_eq!(got.len(), sizes.len(), "datagram count at the host server");
@@ -535,63 +238,28 @@ fn udp_echo_veth_peer() {
     let seed = 111;
     let peer = VethPeer::new();
     let peer_ip = peer.peer_ip.to_string();
-    let logs = TempDir::new("tsudp");
-    let mut cmd = peer.ns.exec(
-        PYTHON,
-        &py_udp_args(
-            "server",
-            &[peer_ip.clone(), SIZES_1500.len().to_string(), "60".into()],
-        ),
-    );
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut server = Child::spawn_logged(
+    let mut server = py_net_child(
         "UDP echo server in the peer namespace",
-        &mut cmd,
-        logs.join("server.log"),
+        Some(&peer.ns),
+        "udp_server",
+        &[s(&peer_ip), s(60), s(SIZES_1500.len())],
     );
-    let lines = line_reader(server.inner().stdout.take().expect("stdout pipe"));
-    let port_line = lines
-        .recv_timeout(SHORT)
-        .unwrap_or_else(|_| panic!("peer server did not print its port: {}", server.log()));
-    let port = Json::parse(&port_line).u64("port").to_string();
+    let port = server.wait_port(SHORT);
 
-    let argv = py_udp(
-        "echo",
-        &[
-            peer_ip.clone(),
-            port,
-            seed.to_string(),
-            join_sizes(SIZES_1500),
-        ],
-    );
+    let argv = with_python(echo_args(&peer_ip, port, seed, SIZES_1500));
     let out = tapsplice_run_capture(&bin, &[], &argv, None, SHORT);
     out.assert_success("UDP echo client in tapsplice run");
     let (sent, recv) = Json::last_in(&out.stdout_str()).digests();
-    let want = sequence_digest(seed, SIZES_1500);
+    let want = payload_digest(seed, SIZES_1500);
     assert_eq!(sent, want);
     assert_eq!(
         recv, want,
         "echoes from the peer received by the guest differ"
     );
 
-    let status = server.wait_deadline(SHORT);
-    assert!(
-        status.success(),
-        "peer server: {}\n{}",
-        describe_status(status),
-        server.log()
-    );
-    let report = Json::parse(&lines.recv_timeout(SHORT).expect("peer server result line"));
-    let (srv_sent, srv_recv) = (
-        Digest {
-            len: report.u64("sent_len"),
-            sha: report.str("sent_sha").into(),
-        },
-        Digest {
-            len: report.u64("recv_len"),
-            sha: report.str("recv_sha").into(),
-        },
-    );
+    server.assert_exits_ok(SHORT);
+    let report = server.wait_json("the peer server's report", SHORT, |j| j.has("sources"));
+    let (srv_sent, srv_recv) = report.digests();
     assert_eq!(srv_recv, want, "datagrams received by the peer differ");
     assert_eq!(srv_sent, want);
     // Through the host: the peer sees the host end of the veth pair as the source.
@@ -603,21 +271,6 @@ fn udp_echo_veth_peer() {
     );
     drop(server);
     drop(peer);
-}
-
-/// Lines of a child's stdout, through a channel.
-fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,30 +286,16 @@ fn udp_main_mode_echo_via_gateway() {
     let server = UdpServer::start(Mode::Echo);
     let out = run_capture(
         "UDP echo client in the namespace",
-        &mut ns.exec(
-            PYTHON,
-            &py_udp_args(
-                "echo",
-                &[
-                    GATEWAY.into(),
-                    server.port().to_string(),
-                    seed.to_string(),
-                    join_sizes(SIZES_1500),
-                ],
-            ),
-        ),
+        &mut ns.exec(PYTHON, &echo_args(GATEWAY, server.port(), seed, SIZES_1500)),
         None,
         SHORT,
     );
-    out.assert_success("UDP echo client in the namespace");
-    let (sent, recv) = Json::last_in(&out.stdout_str()).digests();
-    let want = sequence_digest(seed, SIZES_1500);
-    assert_eq!(sent, want);
-    assert_eq!(recv, want, "echoes received by the guest differ");
-    assert_eq!(
-        server.received_digest(),
-        want,
-        "datagrams at the host server differ"
+    assert_echoed(
+        &out,
+        "UDP echo client in the namespace",
+        &server,
+        seed,
+        SIZES_1500,
     );
     main.assert_running();
 }
@@ -669,8 +308,8 @@ fn oversize_dropped(opts: &[&str], ok: usize) {
     let big = ok + 1;
     let seed = 121;
     let server = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "oversize",
+    let argv = py_net(
+        "udp_oversize",
         &[
             GATEWAY.into(),
             server.port().to_string(),
@@ -735,25 +374,31 @@ fn udp_over_mtu_dropped_both_ways_mtu_65520() {
 // ---------------------------------------------------------------------------------------------
 // Rate: a window of datagrams in flight, counted and checked.
 
+/// Runs `udp_burst` in `tapsplice run` against an echo server on the host's loopback; returns
+/// the client's report and the server.
+fn burst(bin: &Path, seed: u64, count: u64, size: usize, window: u32) -> (Json, UdpServer) {
+    let server = UdpServer::start(Mode::Echo);
+    let argv = py_net(
+        "udp_burst",
+        &[
+            s(GATEWAY),
+            s(server.port()),
+            s(seed),
+            s(count),
+            s(size),
+            s(window),
+        ],
+    );
+    let out = tapsplice_run_capture(bin, &[], &argv, None, LONG);
+    out.assert_success("UDP burst client in tapsplice run");
+    (Json::last_in(&out.stdout_str()), server)
+}
+
 #[test]
 fn udp_burst_no_loss_at_moderate_rate() {
     let Some(bin) = prereqs(&[]) else { return };
     let (seed, count, size, window) = (131u64, 5000u64, 1000usize, 32);
-    let server = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "burst",
-        &[
-            GATEWAY.into(),
-            server.port().to_string(),
-            seed.to_string(),
-            count.to_string(),
-            size.to_string(),
-            window.to_string(),
-        ],
-    );
-    let out = tapsplice_run_capture(&bin, &[], &argv, None, LONG);
-    out.assert_success("UDP burst client in tapsplice run");
-    let r = Json::last_in(&out.stdout_str());
+    let (r, server) = burst(&bin, seed, count, size, window);
     eprintln!(
         "UDP burst: {} of {} datagrams of {size} bytes back ({} lost, {} bad) in {} ms, {} datagrams/s each way, window {window}",
         r.u64("received"),
@@ -812,21 +457,7 @@ fn udp_burst_no_loss_at_moderate_rate() {
 fn udp_burst_wide_window_measured() {
     let Some(bin) = prereqs(&[]) else { return };
     let (seed, count, size, window) = (132u64, 20000u64, 1000usize, 256);
-    let server = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "burst",
-        &[
-            GATEWAY.into(),
-            server.port().to_string(),
-            seed.to_string(),
-            count.to_string(),
-            size.to_string(),
-            window.to_string(),
-        ],
-    );
-    let out = tapsplice_run_capture(&bin, &[], &argv, None, LONG);
-    out.assert_success("UDP burst client in tapsplice run");
-    let r = Json::last_in(&out.stdout_str());
+    let (r, server) = burst(&bin, seed, count, size, window);
     eprintln!(
         "UDP burst (measured only): {} of {} sent datagrams of {size} bytes back ({} lost, {} bad) in {} ms, {} datagrams/s each way, window {window}; host server got {}",
         r.u64("received"),
@@ -843,17 +474,17 @@ fn udp_burst_wide_window_measured() {
 // ---------------------------------------------------------------------------------------------
 // ICMP errors.
 
-/// Runs the `error` probe in `tapsplice run OPTS` and returns its report.
-fn error_probe(bin: &std::path::Path, opts: &[&str], host: &str, port: u16, recverr: bool) -> Json {
-    let argv = py_udp(
-        "error",
-        &[
-            host.into(),
-            port.to_string(),
-            if recverr { "1" } else { "0" }.into(),
-            "5".into(),
-        ],
-    );
+/// [`PY_NET`]'s `udp_error` probe to `host:port` (5 s), as a guest program.
+fn error_argv(host: &str, port: u16, recverr: bool) -> Vec<String> {
+    py_net(
+        "udp_error",
+        &[s(host), s(port), s(5), s(if recverr { "1" } else { "0" })],
+    )
+}
+
+/// Runs the `udp_error` probe in `tapsplice run OPTS` and returns its report.
+fn error_probe(bin: &Path, opts: &[&str], host: &str, port: u16, recverr: bool) -> Json {
+    let argv = error_argv(host, port, recverr);
     let out = tapsplice_run_capture(bin, opts, &argv, None, SHORT);
     out.assert_success("UDP error probe in tapsplice run");
     Json::last_in(&out.stdout_str())
@@ -953,8 +584,8 @@ fn udp_separate_flows_per_guest_port_and_destination() {
     let (nsock, rounds, seed) = (8usize, 5usize, 141u64);
     let a = UdpServer::start(Mode::Echo);
     let b = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "multi",
+    let argv = py_net(
+        "udp_multi",
         &[
             GATEWAY.into(),
             format!("{},{}", a.port(), b.port()),
@@ -999,8 +630,8 @@ fn timeline(
 ) -> Vec<Json> {
     let bin = prereqs(&[]).expect("prereqs checked by the caller");
     let server = UdpServer::start(Mode::Sink);
-    let argv = py_udp(
-        "timeline",
+    let argv = py_net(
+        "udp_timeline",
         &[
             GATEWAY.into(),
             server.port().to_string(),
@@ -1138,8 +769,8 @@ fn udp_expired_flows_release_host_sockets() {
         "UDP fan-out client in the namespace",
         &mut ns.exec(
             PYTHON,
-            &py_udp_args(
-                "fanout",
+            &py_net_args(
+                "udp_fanout",
                 &[GATEWAY.into(), server.port().to_string(), FLOWS.to_string()],
             ),
         ),
@@ -1181,37 +812,12 @@ fn udp_rootless_run_echo_and_refused() {
     }
     let seed = 161;
     let server = UdpServer::start(Mode::Echo);
-    let argv = py_udp(
-        "echo",
-        &[
-            GATEWAY.into(),
-            server.port().to_string(),
-            seed.to_string(),
-            join_sizes(SIZES_1500),
-        ],
-    );
+    let argv = with_python(echo_args(GATEWAY, server.port(), seed, SIZES_1500));
     let out = env.tapsplice_run(&[], &argv, SHORT);
-    out.assert_success("rootless UDP echo client");
-    let (sent, recv) = Json::last_in(&out.stdout_str()).digests();
-    let want = sequence_digest(seed, SIZES_1500);
-    assert_eq!(sent, want);
-    assert_eq!(recv, want, "echoes received by the guest differ");
-    assert_eq!(
-        server.received_digest(),
-        want,
-        "datagrams at the host server differ"
-    );
+    assert_echoed(&out, "rootless UDP echo client", &server, seed, SIZES_1500);
 
-    let argv = py_udp(
-        "error",
-        &[
-            GATEWAY.into(),
-            closed_udp_port(Ipv4Addr::LOCALHOST.into()).to_string(),
-            "0".into(),
-            "5".into(),
-        ],
-    );
-    let out = env.tapsplice_run(&[], &argv, SHORT);
+    let port = closed_udp_port(Ipv4Addr::LOCALHOST.into());
+    let out = env.tapsplice_run(&[], &error_argv(GATEWAY, port, false), SHORT);
     out.assert_success("rootless UDP error probe");
     assert_refused(
         &Json::last_in(&out.stdout_str()),

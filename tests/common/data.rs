@@ -275,3 +275,12 @@ pub fn py_net_payload(seed: u64, i: u64, size: usize) -> Vec<u8> {
     let h = Sha256::digest(format!("tapsplice-udp:{seed}:{i}").as_bytes());
     h.iter().copied().cycle().take(size).collect()
 }
+
+/// Digest of datagrams `0..sizes.len()` of `seed` (sizes in that order) back to back.
+pub fn payload_digest(seed: u64, sizes: &[usize]) -> Digest {
+    let mut h = Hasher::default();
+    for (i, &size) in sizes.iter().enumerate() {
+        h.update(&py_net_payload(seed, i as u64, size));
+    }
+    h.finish()
+}

@@ -9,6 +9,13 @@ pub fn python_script(script: &str, args: &[String]) -> Vec<String> {
     v
 }
 
+/// `[PYTHON, args...]`: e.g. the arguments of [`py_client`] as a whole argv.
+pub fn with_python(args: Vec<String>) -> Vec<String> {
+    let mut v = vec![PYTHON.to_string()];
+    v.extend(args);
+    v
+}
+
 /// `["/bin/sh", "-c", script, "sh", args...]`: a shell script with positional arguments.
 pub fn sh_script(script: &str, args: &[String]) -> Vec<String> {
     let mut v = vec![
@@ -101,4 +108,13 @@ pub fn curl_post(url: &str) -> Vec<String> {
 /// `x.to_string()`, short for building argument lists.
 pub fn s(x: impl ToString) -> String {
     x.to_string()
+}
+
+/// `1,2,3`: datagram sizes as [`PY_NET`]'s UDP modes take them.
+pub fn join_sizes(sizes: &[usize]) -> String {
+    sizes
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -6,7 +6,7 @@
 //! deadline and says what it waited for. Traffic goes only to loopback and to namespaces made here.
 //!
 //! Data checks use one deterministic byte stream, generated identically in Rust and in the Python
-//! helper that runs inside namespaces (see [`PY_HELPER`]): block `k` of a stream with seed `s` is
+//! helper that runs inside namespaces (see [`PY_NET`]): block `k` of a stream with seed `s` is
 //! the 1 MiB pattern block of `s` with its first 8 bytes replaced by `k` (little endian); the
 //! pattern block is `sha256("tapsplice:{s}:{i}")` for `i` in `0..32768`, concatenated. A stream of
 //! length `n` is the first `n` bytes of blocks `0, 1, 2, ...`.

@@ -440,6 +440,18 @@ impl LineChild {
         self.wait_json_n(what, 1, deadline, pred).remove(0)
     }
 
+    /// Waits (at most `deadline`) for the child to exit; panics unless it exited 0.
+    pub fn assert_exits_ok(&mut self, deadline: Duration) {
+        let status = self.child.wait_deadline(deadline);
+        assert!(
+            status.success(),
+            "{}: {}\nstderr:\n{}",
+            self.child.what,
+            describe_status(status),
+            self.child.log()
+        );
+    }
+
     /// The port a [`PY_NET`] server printed first.
     pub fn wait_port(&mut self, deadline: Duration) -> u16 {
         let j = self.wait_json("its port", deadline, |j| j.has("port"));
