@@ -155,17 +155,15 @@ fn dhcp_udhcpc_gets_lease_and_routes() {
     );
 
     // Traffic from the leased address: TCP to the host's loopback, 1 MiB each way.
-    let (len, up_seed, down_seed) = (MIB, 81, 82);
-    let server = TestServer::start(down_seed, len);
-    let out = run_capture(
-        "python client from the leased address",
-        &mut ns.exec(PYTHON, &py_client(GATEWAY, server.port(), len, up_seed, 10)),
-        None,
-        Duration::from_secs(60),
-    );
-    out.assert_success("python client from the leased address");
-    let client = Json::last_in(&out.stdout_str()).digests();
-    server.assert_one_exchange("host", &client, (up_seed, down_seed, len), SHORT);
+    let what = "python client from the leased address";
+    exchange_via_gateway(what, (81, 82, MIB), |args| {
+        run_capture(
+            what,
+            &mut ns.exec(PYTHON, &args),
+            None,
+            Duration::from_secs(60),
+        )
+    });
 
     let args: Vec<String> = ["-c", "2", "-i", "0.2", "-W", "2", GATEWAY]
         .map(String::from)

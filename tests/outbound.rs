@@ -21,21 +21,12 @@ const SHORT_DEADLINE: Duration = Duration::from_secs(30);
 /// `len` bytes each way, checked at both ends.
 fn bulk_via_gateway(opts: &[&str], len: u64) {
     let Some(bin) = prereqs(&[]) else { return };
-    let (up_seed, down_seed) = (11, 12);
-    let server = TestServer::start(down_seed, len);
-    let argv = with_python(py_client(GATEWAY, server.port(), len, up_seed, 10));
-    let out = tapsplice_run_capture(&bin, opts, &argv, None, BULK_DEADLINE);
-    out.assert_success("bulk client in tapsplice run");
-    let report = Json::last_in(&out.stdout_str());
-    server.assert_one_exchange(
-        "host",
-        &report.digests(),
-        (up_seed, down_seed, len),
-        SHORT_DEADLINE,
-    );
+    let r = exchange_via_gateway("bulk client in tapsplice run", (11, 12, len), |args| {
+        tapsplice_run_capture(&bin, opts, &with_python(args), None, BULK_DEADLINE)
+    });
     eprintln!(
-        "{len} bytes each way with {opts:?} in {:?} ({report:?})",
-        out.elapsed
+        "{len} bytes each way with {opts:?} in {:?} ({:?})",
+        r.out.elapsed, r.report
     );
 }
 
@@ -89,25 +80,18 @@ fn run_refused_port_fails_fast() {
 #[test]
 fn run_disable_host_loopback_enetunreach() {
     let Some(bin) = prereqs(&[]) else { return };
-    // A live server: the failure must come from the policy, not from a closed port.
-    let server = TestServer::start(41, 1000);
-    let argv = with_python(py_client(GATEWAY, server.port(), 1000, 42, 5));
-    let out = tapsplice_run_capture(
-        &bin,
-        &["--disable-host-loopback"],
-        &argv,
-        None,
-        Duration::from_secs(20),
-    );
-    out.assert_success("client in tapsplice run --disable-host-loopback");
-    Json::last_in(&out.stdout_str()).assert_connect_error(
-        "connect to the gateway despite --disable-host-loopback",
-        libc::ENETUNREACH,
-    );
-    assert_eq!(
-        server.accepted(),
-        0,
-        "the host's loopback server got a connection"
+    assert_gateway_unreachable(
+        "client in tapsplice run --disable-host-loopback",
+        (42, 41),
+        |args| {
+            tapsplice_run_capture(
+                &bin,
+                &["--disable-host-loopback"],
+                &with_python(args),
+                None,
+                Duration::from_secs(20),
+            )
+        },
     );
 }
 
@@ -173,18 +157,15 @@ fn main_mode_ready_fd_configure_and_gateway_data() {
         "no default route via the gateway: {route}"
     );
 
-    let len = 8 * MIB;
-    let (up_seed, down_seed) = (61, 62);
-    let server = TestServer::start(down_seed, len);
-    let out = run_capture(
-        "python client in the namespace",
-        &mut ns.exec(PYTHON, &py_client(GATEWAY, server.port(), len, up_seed, 10)),
-        None,
-        Duration::from_secs(120),
-    );
-    out.assert_success("python client in the namespace");
-    let client = Json::last_in(&out.stdout_str()).digests();
-    server.assert_one_exchange("host", &client, (up_seed, down_seed, len), SHORT_DEADLINE);
+    let what = "python client in the namespace";
+    exchange_via_gateway(what, (61, 62, 8 * MIB), |args| {
+        run_capture(
+            what,
+            &mut ns.exec(PYTHON, &args),
+            None,
+            Duration::from_secs(120),
+        )
+    });
     drop(main);
 }
 

@@ -80,21 +80,9 @@ fn curl_and_bulk(flags: &[&str], len: u64) {
     );
     http.assert_one_post(&out, "curl under rootlesskit", "/rk", &upload, &body);
 
-    let (up_seed, down_seed) = (83, 84);
-    let server = TestServer::start(down_seed, len);
-    let out = env.rootlesskit(
-        flags,
-        &with_python(py_client(GATEWAY, server.port(), len, up_seed, 10)),
-        None,
-    );
-    out.assert_success("python client under rootlesskit");
-    let client = Json::last_in(&out.stdout_str()).digests();
-    server.assert_one_exchange(
-        "host",
-        &client,
-        (up_seed, down_seed, len),
-        Duration::from_secs(30),
-    );
+    exchange_via_gateway("python client under rootlesskit", (83, 84, len), |args| {
+        env.rootlesskit(flags, &with_python(args), None)
+    });
 }
 
 /// rootlesskit's own default MTU for slirp4netns (65520 in rootlesskit 1.1).
@@ -119,18 +107,10 @@ fn rootlesskit_disable_host_loopback_enetunreach() {
     let Some(env) = RootlessEnv::new() else {
         return;
     };
-    let server = TestServer::start(91, 1000);
-    let argv = with_python(py_client(GATEWAY, server.port(), 1000, 92, 5));
-    let out = env.rootlesskit(&["--disable-host-loopback"], &argv, None);
-    out.assert_success("python client under rootlesskit --disable-host-loopback");
-    Json::last_in(&out.stdout_str()).assert_connect_error(
-        "connect to the gateway despite --disable-host-loopback",
-        libc::ENETUNREACH,
-    );
-    assert_eq!(
-        server.accepted(),
-        0,
-        "the host's loopback server got a connection"
+    assert_gateway_unreachable(
+        "python client under rootlesskit --disable-host-loopback",
+        (92, 91),
+        |args| env.rootlesskit(&["--disable-host-loopback"], &with_python(args), None),
     );
 }
 
@@ -145,20 +125,9 @@ fn unprivileged_run_carries_data_both_ways() {
     if !require_run_mode(&env.user.bin) {
         return;
     }
-    let len = 32 * MIB;
-    let (up_seed, down_seed) = (93, 94);
-    let server = TestServer::start(down_seed, len);
-    let out = env.user.tapsplice_run(
-        &[],
-        &with_python(py_client(GATEWAY, server.port(), len, up_seed, 10)),
-        DEADLINE,
-    );
-    out.assert_success("python client in tapsplice run as the test user");
-    let client = Json::last_in(&out.stdout_str()).digests();
-    server.assert_one_exchange(
-        "host",
-        &client,
-        (up_seed, down_seed, len),
-        Duration::from_secs(30),
+    exchange_via_gateway(
+        "python client in tapsplice run as the test user",
+        (93, 94, 32 * MIB),
+        |args| env.user.tapsplice_run(&[], &with_python(args), DEADLINE),
     );
 }

@@ -326,3 +326,75 @@ pub fn closed_udp_port(ip: std::net::IpAddr) -> u16 {
     let s = std::net::UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind udp {ip}: {e}"));
     s.local_addr().expect("local_addr").port()
 }
+
+/// A guest client's run against a [`TestServer`] on the host's loopback, via the gateway.
+pub struct GatewayRun {
+    pub server: TestServer,
+    /// The client's report (the last JSON line of its stdout).
+    pub report: Json,
+    pub out: Captured,
+}
+
+/// Starts a [`TestServer`] on 127.0.0.1 (replying `len` bytes of `down_seed`) and runs a guest
+/// client against it through the gateway: `run` gets the arguments of `python3` for
+/// [`py_client`] (`len` bytes of `up_seed`, `connect_timeout_s`) and runs them, which must
+/// succeed (`what` names the run).
+pub fn client_via_gateway(
+    what: &str,
+    (up_seed, down_seed, len): (u64, u64, u64),
+    connect_timeout_s: u32,
+    run: impl FnOnce(Vec<String>) -> Captured,
+) -> GatewayRun {
+    let server = TestServer::start(down_seed, len);
+    let out = run(py_client(
+        GATEWAY,
+        server.port(),
+        len,
+        up_seed,
+        connect_timeout_s,
+    ));
+    out.assert_success(what);
+    let report = Json::last_in(&out.stdout_str());
+    GatewayRun {
+        server,
+        report,
+        out,
+    }
+}
+
+/// [`client_via_gateway`] (10 s to connect) for an exchange checked at both ends
+/// ([`TestServer::assert_one_exchange`], 30 s at most for the server's record).
+pub fn exchange_via_gateway(
+    what: &str,
+    seeds_len: (u64, u64, u64),
+    run: impl FnOnce(Vec<String>) -> Captured,
+) -> GatewayRun {
+    let r = client_via_gateway(what, seeds_len, 10, run);
+    r.server.assert_one_exchange(
+        "host",
+        &r.report.digests(),
+        seeds_len,
+        Duration::from_secs(30),
+    );
+    r
+}
+
+/// [`client_via_gateway`] (1000 bytes, 5 s to connect) where `--disable-host-loopback` is in
+/// effect: the connect fails with ENETUNREACH, and the live server on the host's loopback (so
+/// that the failure comes from the policy, not from a closed port) sees no connection.
+pub fn assert_gateway_unreachable(
+    what: &str,
+    (up_seed, down_seed): (u64, u64),
+    run: impl FnOnce(Vec<String>) -> Captured,
+) {
+    let r = client_via_gateway(what, (up_seed, down_seed, 1000), 5, run);
+    r.report.assert_connect_error(
+        "connect to the gateway despite --disable-host-loopback",
+        libc::ENETUNREACH,
+    );
+    assert_eq!(
+        r.server.accepted(),
+        0,
+        "the host's loopback server got a connection"
+    );
+}
