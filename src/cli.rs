@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigError, NetConfig};
+use crate::forward::{ForwardPath, PublishSpec};
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +48,10 @@ pub struct AttachOptions {
     pub userns_path: Option<PathBuf>,
     pub tap_name: String,
     pub debug: bool,
+    /// `-a`: where to serve the slirp4netns API.
+    pub api_socket: Option<PathBuf>,
+    /// `--forward-path`: how forwarded TCP reaches the guest.
+    pub forward_path: ForwardPath,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,10 @@ pub struct RunOptions {
     pub net: NetConfig,
     pub debug: bool,
     pub command: Vec<String>,
+    pub api_socket: Option<PathBuf>,
+    pub forward_path: ForwardPath,
+    /// `-p` forwards, in order.
+    pub publish: Vec<PublishSpec>,
 }
 
 /// A command line that cannot be run. `message` goes to stderr (if not empty), the usage
@@ -77,6 +86,9 @@ enum Opt {
     UsernsPath,
     MacAddress,
     TargetType,
+    ApiSocket,
+    ForwardPath,
+    Publish,
     Debug,
     Help,
     Version,
@@ -153,6 +165,14 @@ const OPTIONS: &[OptSpec] = &[
         true,
     ),
     spec(
+        "api-socket",
+        Some('a'),
+        true,
+        Opt::ApiSocket,
+        Some(("-a, --api-socket=PATH", "specify API socket path")),
+        true,
+    ),
+    spec(
         "cidr",
         None,
         true,
@@ -224,6 +244,17 @@ const OPTIONS: &[OptSpec] = &[
         false,
     ),
     spec(
+        "forward-path",
+        None,
+        true,
+        Opt::ForwardPath,
+        Some((
+            "--forward-path=MODE",
+            "how forwarded TCP reaches the guest: auto, stack or splice (default=auto)",
+        )),
+        true,
+    ),
+    spec(
         "debug",
         None,
         false,
@@ -252,12 +283,30 @@ const OPTIONS: &[OptSpec] = &[
     ),
 ];
 
+/// Options of `tapsplice run` only (slirp4netns has no such options).
+const RUN_ONLY_OPTIONS: &[OptSpec] = &[spec(
+    "publish",
+    Some('p'),
+    true,
+    Opt::Publish,
+    Some((
+        "-p, --publish=SPEC",
+        "forward [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] to the command (repeatable, port ranges A-B)",
+    )),
+    true,
+)];
+
 /// Width of the option column in `--help`, as in slirp4netns.
 const HELP_COLUMN: usize = 25;
 
 fn help_lines(in_run: bool) -> String {
     let mut out = String::new();
-    for spec in OPTIONS.iter().filter(|s| !in_run || s.in_run) {
+    let run_only = RUN_ONLY_OPTIONS.iter().filter(|_| in_run);
+    for spec in OPTIONS
+        .iter()
+        .filter(|s| !in_run || s.in_run)
+        .chain(run_only)
+    {
         if let Some((left, right)) = spec.help {
             out.push_str(&format!("{left:<width$}{right}\n", width = HELP_COLUMN));
         }
@@ -337,7 +386,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn table(&self) -> impl Iterator<Item = &'static OptSpec> + '_ {
-        OPTIONS.iter().filter(move |s| !self.in_run || s.in_run)
+        let run_only = RUN_ONLY_OPTIONS.iter().filter(move |_| self.in_run);
+        OPTIONS
+            .iter()
+            .filter(move |s| !self.in_run || s.in_run)
+            .chain(run_only)
     }
 
     fn next_item(&mut self) -> Result<Option<Item>, CliError> {
@@ -450,6 +503,9 @@ struct Collected {
     mac: Option<String>,
     debug: bool,
     operands: Vec<String>,
+    api_socket: Option<PathBuf>,
+    forward_path: ForwardPath,
+    publish: Vec<PublishSpec>,
 }
 
 /// Parses a full argv (with argv[0]).
@@ -523,6 +579,16 @@ fn collect(scanner: &mut Scanner<'_>) -> Result<Result<Collected, Command>, CliE
                 _ => return Err(fail("--target-type must be either \"netns\" or \"bess\"")),
             },
             Opt::Debug => c.debug = true,
+            // The length is checked when the socket is made, as slirp4netns does.
+            Opt::ApiSocket => c.api_socket = Some(PathBuf::from(value)),
+            Opt::ForwardPath => {
+                c.forward_path = ForwardPath::parse(&value).ok_or_else(|| {
+                    fail("--forward-path must be one of \"auto\", \"stack\" or \"splice\"")
+                })?
+            }
+            Opt::Publish => c
+                .publish
+                .push(crate::forward::parse_publish(&value).map_err(|e| fail(&e))?),
         }
     }
     Ok(Ok(c))
@@ -611,6 +677,8 @@ fn parse_attach(prog: &str, args: &[String]) -> Result<Command, CliError> {
         userns_path: c.userns_path,
         tap_name: c.operands.get(1).cloned().unwrap_or_else(|| "tap0".into()),
         debug: c.debug,
+        api_socket: c.api_socket,
+        forward_path: c.forward_path,
     }))
 }
 
@@ -641,6 +709,9 @@ fn parse_run(prog: &str, args: &[String]) -> Result<Command, CliError> {
         net,
         debug: c.debug,
         command: c.operands,
+        api_socket: c.api_socket,
+        forward_path: c.forward_path,
+        publish: c.publish,
     }))
 }
 

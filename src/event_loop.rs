@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::NetConfig;
 use crate::flow::FlowTable;
+use crate::forward::{self, ForwardError, ForwardSetup, Forwarder};
 use crate::stack::{Ingress, Stack};
 use crate::sys::process::IsolatedChild;
 
@@ -55,6 +56,8 @@ pub struct EventLoop {
     tap: OwnedFd,
     stack: Stack,
     flows: FlowTable,
+    /// Port forwards and the API socket.
+    forward: Forwarder,
     signals: SignalFd,
     /// Held so the descriptor registered as `EXIT_FD` stays open; only its events matter.
     _exit_fd: Option<OwnedFd>,
@@ -108,6 +111,7 @@ impl EventLoop {
             None => None,
         };
         let clock = Clock(std::time::Instant::now());
+        let forward = Forwarder::new(cfg.clone());
         let stack = Stack::new(cfg, clock.now());
         Ok(EventLoop {
             poll,
@@ -115,6 +119,7 @@ impl EventLoop {
             tap,
             stack,
             flows: FlowTable::default(),
+            forward,
             signals,
             _exit_fd: exit_fd,
             exit_fd_missing,
@@ -132,6 +137,12 @@ impl EventLoop {
         }
     }
 
+    /// Opens the API socket and the `-p` forwards, and starts the splice path's helper.
+    /// Must be called while this process is single-threaded, before [`EventLoop::run`].
+    pub fn start_forwarding(&mut self, setup: &ForwardSetup) -> Result<(), ForwardError> {
+        self.forward.start(setup, self.poll.registry())
+    }
+
     /// Runs until a signal, the exit fd or the child ends it.
     pub fn run(&mut self) -> io::Result<Outcome> {
         let mut events = Events::with_capacity(256);
@@ -139,12 +150,11 @@ impl EventLoop {
             if self.exit_fd_missing {
                 return Ok(Outcome::ExitFd);
             }
-            let timeout = if self.tap_readable {
+            let timeout = if self.tap_readable || self.forward.has_pending() {
                 Some(Duration::ZERO)
             } else {
                 let now = self.clock.now();
-                self.flows
-                    .next_deadline()
+                earliest(self.flows.next_deadline(), self.forward.next_deadline())
                     .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -175,6 +185,15 @@ impl EventLoop {
                         return Ok(Outcome::ExitFd);
                     }
                     EXIT_FD => {}
+                    token if forward::owns(token) => {
+                        let mut cx = forward::Ctx {
+                            now,
+                            stack: &mut self.stack,
+                            flows: &mut self.flows,
+                            registry: self.poll.registry(),
+                        };
+                        self.forward.on_event(&mut cx, token);
+                    }
                     CHILD => {
                         if let Some((mut child, _pidfd)) = self.child.take() {
                             return Ok(Outcome::ChildExited(child.reap()));
@@ -194,6 +213,17 @@ impl EventLoop {
             }
             self.flows
                 .on_timers(now, &mut self.stack, self.poll.registry());
+            if self.stack.take_neighbor_news() {
+                self.flows
+                    .on_neighbor_learned(now, &mut self.stack, self.poll.registry());
+            }
+            let mut cx = forward::Ctx {
+                now,
+                stack: &mut self.stack,
+                flows: &mut self.flows,
+                registry: self.poll.registry(),
+            };
+            self.forward.on_timers(&mut cx);
             self.flush_tap()?;
         }
     }
@@ -211,9 +241,18 @@ impl EventLoop {
                 Err(e) => return Err(io::Error::from(e)),
             };
             let registry = self.poll.registry();
-            if let Ingress::Tcp { key, opens } = self.stack.classify(now, len) {
-                self.flows
-                    .on_guest_segment(now, &mut self.stack, registry, key, opens);
+            match self.stack.classify(now, len) {
+                Ingress::Tcp { key, opens } => {
+                    self.flows
+                        .on_guest_segment(now, &mut self.stack, registry, key, opens);
+                }
+                // Answers to port forwards are taken; anything else is refused as before.
+                Ingress::Udp { src, dst }
+                    if !self.forward.on_guest_udp(now, &mut self.stack, src, dst) =>
+                {
+                    self.stack.deliver(now, None);
+                }
+                _ => {}
             }
         }
         self.flows
@@ -258,5 +297,19 @@ impl EventLoop {
 
     pub fn flows(&self) -> &FlowTable {
         &self.flows
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forward
+    }
+}
+
+fn earliest(
+    a: Option<smoltcp::time::Instant>,
+    b: Option<smoltcp::time::Instant>,
+) -> Option<smoltcp::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

@@ -160,7 +160,6 @@ fn help_advertises_exactly_the_working_options() {
     }
     // Each lands in the table with the issue that makes it work.
     for absent in [
-        "--api-socket",
         "--enable-ipv6",
         "--enable-sandbox",
         "--enable-seccomp",

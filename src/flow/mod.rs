@@ -9,6 +9,7 @@
 //! host (N+2 becomes 127.0.0.1). The guest gets its SYN-ACK only when that connect succeeds,
 //! and an RST when it fails: a connection is never accepted that the host cannot make.
 
+mod inbound;
 mod tcp;
 
 use std::collections::{BTreeSet, HashMap};
@@ -21,6 +22,8 @@ use smoltcp::time::Instant;
 use crate::stack::{self, FlowKey, Stack};
 use crate::stats::{DropReason, FlowCounters};
 use tcp::{Status, TcpFlow};
+
+pub use inbound::InboundRefused;
 
 /// Most guest TCP flows at once; a SYN beyond this is answered with an RST and counted.
 pub const MAX_TCP_FLOWS: usize = 16_384;

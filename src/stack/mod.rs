@@ -18,6 +18,7 @@
 
 mod device;
 mod icmp;
+mod inbound;
 mod tcp;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -26,11 +27,12 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr,
-    IpProtocol, Ipv4Packet, TcpPacket,
+    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 pub use device::{ETHERNET_HEADER_LEN, FrameDevice};
-pub use tcp::GuestSocket;
+pub use inbound::{MAX_NEIGHBORS, MAX_PENDING_UDP, UdpSend};
+pub use tcp::{GUEST_CONNECT_TIMEOUT, GuestSocket};
 
 use crate::config::NetConfig;
 use crate::stats::{Counters, DropReason};
@@ -48,6 +50,14 @@ pub enum Ingress {
     /// A TCP segment of flow `key`; `opens` when it is a bare SYN (a new connection).
     /// The frame stays in the device until [`Stack::deliver`].
     Tcp { key: FlowKey, opens: bool },
+    /// A whole (unfragmented) UDP datagram from `src` in the guest to `dst`, checksum
+    /// verified; its payload is [`Stack::received_udp_payload`]. The frame stays in the
+    /// device: [`Stack::discard_received`] once consumed, or [`Stack::deliver`] it with no
+    /// sockets to have it refused (ICMP port unreachable).
+    Udp {
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    },
     /// The stack dealt with the frame itself (ARP, ping to the gateway, a refusal).
     Handled,
     /// The frame was dropped and counted.
@@ -62,6 +72,8 @@ pub struct Stack {
     /// The socket set for frames that belong to no flow.
     no_sockets: SocketSet<'static>,
     pub counters: Counters,
+    /// Guest MACs and datagrams for port forwards (module `inbound`).
+    inbound: inbound::Inbound,
 }
 
 impl Stack {
@@ -87,6 +99,7 @@ impl Stack {
             device,
             no_sockets: SocketSet::new(Vec::new()),
             counters: Counters::default(),
+            inbound: inbound::Inbound::default(),
         }
     }
 
@@ -134,11 +147,14 @@ impl Stack {
         };
         let ArpRepr::EthernetIpv4 {
             target_protocol_addr,
+            source_protocol_addr,
+            source_hardware_addr,
             ..
         } = repr
         else {
             return Ingress::Dropped(DropReason::Unsupported);
         };
+        self.learn_neighbor(source_protocol_addr, source_hardware_addr);
         if !self.cfg.is_own_address(target_protocol_addr) {
             return Ingress::Dropped(DropReason::NotOurs);
         }
@@ -166,12 +182,17 @@ impl Stack {
                 };
                 let opens = tcp.syn() && !tcp.ack() && !tcp.rst();
                 if !opens {
+                    // A SYN-ACK answers a forwarded connection: its sender is a guest address.
+                    if tcp.syn() {
+                        self.learn_from_received_ipv4();
+                    }
                     return Ingress::Tcp { key, opens };
                 }
                 // A SYN makes a host connection, so check it whole before believing it.
                 if !tcp.verify_checksum(&src.into(), &dst.into()) {
                     return Ingress::Dropped(DropReason::BadChecksum);
                 }
+                self.learn_from_received_ipv4();
                 if dst == self.cfg.gateway() && self.cfg.disable_host_loopback {
                     // What slirp4netns clients see: connect() fails at once, ENETUNREACH.
                     icmp::reply_net_unreachable(&mut self.device, &self.cfg);
@@ -190,6 +211,20 @@ impl Stack {
                 }
             }
             IpProtocol::Icmp => Ingress::Dropped(DropReason::Unsupported),
+            IpProtocol::Udp if !ip.more_frags() && ip.frag_offset() == 0 => {
+                let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+                    return Ingress::Dropped(DropReason::Malformed);
+                };
+                if !udp.verify_checksum(&src.into(), &dst.into()) {
+                    return Ingress::Dropped(DropReason::BadChecksum);
+                }
+                let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
+                self.learn_from_received_ipv4();
+                Ingress::Udp {
+                    src: SocketAddrV4::new(src, src_port),
+                    dst: SocketAddrV4::new(dst, dst_port),
+                }
+            }
             _ => {
                 // smoltcp answers "protocol unreachable", so the guest fails fast.
                 self.deliver(now, None);
@@ -273,3 +308,6 @@ fn random_seed() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod inbound_tests;

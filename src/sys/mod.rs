@@ -7,7 +7,10 @@
 
 pub mod ifconfig;
 pub mod netns;
+pub mod nshelper;
 pub mod process;
+pub mod rlimit;
+pub mod splice;
 pub mod tap;
 
 use std::io;
