@@ -65,6 +65,9 @@ pub const MAX_HOSTFWDS: usize = 1024;
 pub const MAX_SPLICE_CONNS: usize = 4096;
 /// Clients waiting for the helper's socket; beyond, the stack path.
 pub const MAX_SPLICE_WAITING: usize = 256;
+/// Sockets made in the guest's namespace ahead of need, so that a spliced connection starts
+/// without a round trip to the helper.
+pub const SPLICE_SOCKET_POOL: usize = 4;
 /// Listen backlog of forward listeners.
 const LISTEN_BACKLOG: i32 = 1024;
 /// Datagrams read from one UDP forward per wake-up before others get a turn.
@@ -219,6 +222,10 @@ pub struct Forwarder {
     /// Clients may be waiting in the API socket's backlog (the client limit was reached).
     api_accept_due: bool,
     helper: Option<(NsSocketFactory, usize)>,
+    /// Unconnected sockets from the helper, ready for use.
+    pool: Vec<std::os::fd::OwnedFd>,
+    /// Sockets asked of the helper and not received yet.
+    requested: usize,
     waiting: VecDeque<Waiting>,
     conns: Slab<SpliceConn>,
     /// Spliced connections that ran out of budget with work left.
@@ -243,6 +250,8 @@ impl Forwarder {
             api_clients: Slab::new(),
             api_accept_due: false,
             helper: None,
+            pool: Vec::new(),
+            requested: 0,
             waiting: VecDeque::new(),
             conns: Slab::new(),
             busy_conns: Vec::new(),
@@ -273,7 +282,10 @@ impl Forwarder {
                         Interest::READABLE,
                     );
                     match registered {
-                        Ok(()) => self.helper = Some((helper, source)),
+                        Ok(()) => {
+                            self.helper = Some((helper, source));
+                            self.refill_pool();
+                        }
                         Err(e) => {
                             self.sources.remove(source);
                             self.helper_unavailable(setup.path, &e.to_string())?;
@@ -490,23 +502,44 @@ impl Forwarder {
             ForwardPath::Splice => true,
             ForwardPath::Auto => is_loopback(peer),
         };
-        if splice {
-            let room = self.waiting.len() < MAX_SPLICE_WAITING
-                && self.conns.len() + self.waiting.len() < MAX_SPLICE_CONNS;
-            if let Some((helper, _)) = &self.helper
-                && room
-                && helper.request(NsSocketKind::Tcp4).is_ok()
+        if splice && self.helper.is_some() {
+            let w = Waiting {
+                client,
+                peer,
+                guest,
+            };
+            if self.conns.len() + self.waiting.len() >= MAX_SPLICE_CONNS
+                || self.waiting.len() >= MAX_SPLICE_WAITING
             {
-                self.waiting.push_back(Waiting {
-                    client,
-                    peer,
-                    guest,
-                });
-                return;
+                self.counters.splice_fallback += 1;
+                return self.via_stack(cx, w.client, peer, guest);
             }
+            match self.pool.pop() {
+                Some(socket) => self.start_splice(cx, w, socket),
+                None => self.waiting.push_back(w),
+            }
+            self.refill_pool();
+            return;
+        }
+        if splice {
             self.counters.splice_fallback += 1;
         }
         self.via_stack(cx, client, peer, guest);
+    }
+
+    /// Asks the helper for sockets until the pool and the waiting clients will be covered.
+    fn refill_pool(&mut self) {
+        let Some((helper, _)) = &self.helper else {
+            return;
+        };
+        while self.pool.len() + self.requested < SPLICE_SOCKET_POOL + self.waiting.len() {
+            if helper.request(NsSocketKind::Tcp4).is_err() {
+                // The channel is full or the helper is gone; its replies (or its end)
+                // will call again.
+                break;
+            }
+            self.requested += 1;
+        }
     }
 
     fn via_stack(
@@ -543,17 +576,23 @@ impl Forwarder {
                 return;
             };
             match helper.receive() {
-                Ok(None) => return,
+                Ok(None) => {
+                    self.refill_pool();
+                    return;
+                }
                 Ok(Some(reply)) => {
-                    let Some(w) = self.waiting.pop_front() else {
-                        continue;
-                    };
-                    match reply {
-                        Ok(socket) => self.start_splice(cx, w, socket),
-                        Err(why) => {
+                    self.requested = self.requested.saturating_sub(1);
+                    match (reply, self.waiting.pop_front()) {
+                        (Ok(socket), Some(w)) => self.start_splice(cx, w, socket),
+                        (Ok(socket), None) => self.pool.push(socket),
+                        (Err(why), w) => {
                             tracing::warn!("socket helper: {why}");
-                            self.counters.splice_fallback += 1;
-                            self.via_stack(cx, w.client, w.peer, w.guest);
+                            if let Some(w) = w {
+                                self.counters.splice_fallback += 1;
+                                self.via_stack(cx, w.client, w.peer, w.guest);
+                            }
+                            // Do not ask again at once: the helper just failed.
+                            return;
                         }
                     }
                 }
@@ -564,6 +603,7 @@ impl Forwarder {
                         let _ = cx.registry.deregister(&mut SourceFd(&fd));
                         self.sources.remove(source);
                     }
+                    self.requested = 0;
                     while let Some(w) = self.waiting.pop_front() {
                         self.counters.splice_fallback += 1;
                         self.via_stack(cx, w.client, w.peer, w.guest);
