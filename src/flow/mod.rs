@@ -154,11 +154,14 @@ impl FlowTable {
 
     /// Drives every flow whose timer is due.
     pub fn on_timers(&mut self, now: Instant, stack: &mut Stack, registry: &Registry) {
-        while let Some(&(deadline, index)) = self.timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.timers.pop_first();
+        // Take the due timers out first: driving a flow can file it again at `now` (smoltcp
+        // wants to send but the TAP queue is full), and re-reading the set would then spin
+        // here forever instead of returning to flush the queue.
+        let later = self
+            .timers
+            .split_off(&(now + smoltcp::time::Duration::from_micros(1), 0));
+        let due = std::mem::replace(&mut self.timers, later);
+        for (_, index) in due {
             if let Some(flow) = self.flows.get_mut(index) {
                 flow.deadline = None;
                 self.drive(now, stack, registry, index);
