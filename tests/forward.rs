@@ -263,6 +263,116 @@ fn guest_refusal_resets_the_client_on_the_splice_path() {
     refused_by_the_guest(&[]);
 }
 
+/// The guest closes first: the client reads the guest's stream to EOF, then sends its own,
+/// which reaches the guest whole.
+fn guest_closes_first(opts: &[&str]) {
+    let Some(bin) = prereqs(&[]) else { return };
+    let inst = Instance::start(&bin, opts);
+    let (down_len, up_len, down_seed, up_seed) = (8 * MIB, 8 * MIB + 3, 181, 182);
+    let server = inst.guest(
+        "send-first server in the guest",
+        PYTHON,
+        &py_mode(
+            "send_first",
+            &[
+                "0.0.0.0".into(),
+                "0".into(),
+                down_len.to_string(),
+                down_seed.to_string(),
+            ],
+        ),
+    );
+    let host_port = inst.add_tcp("127.0.0.1", server.port());
+    let mut s = TcpStream::connect(("127.0.0.1", host_port)).expect("connect");
+    s.set_read_timeout(Some(SHORT)).unwrap();
+    s.set_write_timeout(Some(SHORT)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the guest's stream, then EOF");
+    assert_eq!(
+        Digest::of(&got),
+        pattern_digest(down_seed, down_len),
+        "guest -> host"
+    );
+    let mut sent = Hasher::default();
+    for_each_chunk(up_seed, up_len, |c| {
+        std::io::Write::write_all(&mut s, c)?;
+        sent.update(c);
+        Ok(())
+    })
+    .expect("send after the guest's FIN");
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let report = server.next(SHORT);
+    let (recv, _) = server_digests(&report);
+    assert_eq!(recv, sent.finish(), "host -> guest after the guest's FIN");
+}
+
+#[test]
+fn guest_closing_first_keeps_the_other_direction_on_the_stack_path() {
+    guest_closes_first(&["--forward-path=stack"]);
+}
+
+#[test]
+fn guest_closing_first_keeps_the_other_direction_on_the_splice_path() {
+    guest_closes_first(&[]);
+}
+
+/// A reset on either side reaches the other as a reset.
+fn resets_pass_both_ways(opts: &[&str]) {
+    let Some(bin) = prereqs(&[]) else { return };
+    let inst = Instance::start(&bin, opts);
+    // The guest resets: the client's read fails with ECONNRESET.
+    let server = inst.guest(
+        "resetting server in the guest",
+        PYTHON,
+        &py_mode("rst", &["0.0.0.0".into(), "0".into()]),
+    );
+    let host_port = inst.add_tcp("127.0.0.1", server.port());
+    let mut s = TcpStream::connect(("127.0.0.1", host_port)).expect("connect");
+    s.set_read_timeout(Some(SHORT)).unwrap();
+    std::io::Write::write_all(&mut s, &[7u8; 1000]).unwrap();
+    assert!(server.next(SHORT).ok());
+    let mut buf = [0u8; 64];
+    let got = s.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "after the guest's RST: {got:?}"
+    );
+    // The client resets: the guest's read fails with ECONNRESET.
+    let server = inst.guest(
+        "acknowledging server in the guest",
+        PYTHON,
+        &py_mode("ack_then_read", &["0.0.0.0".into(), "0".into()]),
+    );
+    let host_port = inst.add_tcp("127.0.0.1", server.port());
+    let mut s = TcpStream::connect(("127.0.0.1", host_port)).expect("connect");
+    s.set_read_timeout(Some(SHORT)).unwrap();
+    std::io::Write::write_all(&mut s, &[7u8; 1000]).unwrap();
+    let mut k = [0u8; 1];
+    s.read_exact(&mut k).expect("the guest's acknowledgement");
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let report = server.next(SHORT);
+    assert!(!report.ok(), "the guest saw a clean end: {report:?}");
+    assert_eq!(
+        report.i64("errno"),
+        i64::from(libc::ECONNRESET),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn resets_pass_both_ways_on_the_stack_path() {
+    resets_pass_both_ways(&["--forward-path=stack"]);
+}
+
+#[test]
+fn resets_pass_both_ways_on_the_splice_path() {
+    resets_pass_both_ways(&[]);
+}
+
 /// 1,000 forwarded connections one after another: every byte checked, and the descriptor
 /// count back at its baseline afterwards.
 fn thousand_connections(opts: &[&str]) {

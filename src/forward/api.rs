@@ -553,6 +553,43 @@ mod tests {
     }
 
     #[test]
+    fn mangled_requests_never_panic() {
+        // Byte flips, truncations and insertions of valid requests, from a fixed seed.
+        let seeds = [
+            r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}}"#,
+            r#"{"execute":"remove_hostfwd","arguments":{"id":1e308}}"#,
+            r#"{"execute":"list_hostfwd","arguments":[null,{"a":-0.0}]}"#,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let cfg = NetConfig::default();
+        for i in 0..20_000 {
+            let mut bytes = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % (bytes.len() + 1);
+                match next() % 3 {
+                    0 if at < bytes.len() => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, b"{}[]\":,0-e.\\"[(next() % 12) as usize]),
+                }
+            }
+            let reply = match parse_request(&bytes, &cfg) {
+                Ok(_) => continue,
+                Err(e) => error_reply(&e),
+            };
+            assert!(
+                reply.starts_with(r#"{"error":{"desc":"bad request: "#),
+                "{reply}"
+            );
+        }
+    }
+
+    #[test]
     fn complete_objects_are_recognised() {
         assert!(is_complete_object(b"{\"execute\":\"list_hostfwd\"}\n"));
         assert!(!is_complete_object(b"{\"execute\":\"list_hostfwd\""));

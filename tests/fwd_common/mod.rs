@@ -228,6 +228,11 @@ impl GuestProc {
 ///   (or `{"ok":false,"error",...}`) for each.
 /// - `udp BIND PORT`: print `{"port":P}`; echo every datagram to its sender until one says
 ///   `quit`; print `{"peer","len"}` for each.
+/// - `send_first BIND PORT LEN SEED`: one connection: send LEN pattern bytes, half-close, read
+///   to EOF; print the digests.
+/// - `rst BIND PORT`: one connection: read 1000 bytes, then close with `SO_LINGER` 0 (an RST).
+/// - `ack_then_read BIND PORT`: one connection: read 1000 bytes, send `k`, read to EOF; print
+///   `{"ok":true}` or `{"ok":false,"errno"}` (an RST from the client).
 pub const FWD_PY: &str = r#"
 import hashlib, json, socket, sys
 
@@ -291,6 +296,83 @@ def tcp(bind, port, count, n, seed):
         out({"ok": True, "peer": peer[0], "peer_port": peer[1], "recv_len": recvd, "recv_sha": hr.hexdigest(),
              "sent_len": sent, "sent_sha": hs.hexdigest()})
 
+def send_first(bind, port, n, seed):
+    n, seed = int(n), int(seed)
+    ls = socket.socket(family(bind), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, int(port)))
+    ls.listen(8)
+    out({"port": ls.getsockname()[1]})
+    c, peer = ls.accept()
+    c.settimeout(120)
+    hs, hr = hashlib.sha256(), hashlib.sha256()
+    sent = recvd = 0
+    blk = block(seed)
+    bmv = memoryview(blk)
+    k = 0
+    while sent < n:
+        blk[0:8] = k.to_bytes(8, "little")
+        m = min(BLOCK, n - sent)
+        c.sendall(bmv[:m])
+        hs.update(bmv[:m])
+        sent += m
+        k += 1
+    c.shutdown(socket.SHUT_WR)
+    while True:
+        d = c.recv(256 * 1024)
+        if not d:
+            break
+        hr.update(d)
+        recvd += len(d)
+    c.close()
+    out({"ok": True, "peer": peer[0], "recv_len": recvd, "recv_sha": hr.hexdigest(),
+         "sent_len": sent, "sent_sha": hs.hexdigest()})
+
+def rst(bind, port):
+    import struct
+    ls = socket.socket(family(bind), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, int(port)))
+    ls.listen(8)
+    out({"port": ls.getsockname()[1]})
+    c, peer = ls.accept()
+    c.settimeout(120)
+    got = 0
+    while got < 1000:
+        d = c.recv(1000 - got)
+        if not d:
+            break
+        got += len(d)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    out({"ok": True, "recv_len": got})
+
+def ack_then_read(bind, port):
+    ls = socket.socket(family(bind), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, int(port)))
+    ls.listen(8)
+    out({"port": ls.getsockname()[1]})
+    c, peer = ls.accept()
+    c.settimeout(120)
+    got = 0
+    try:
+        while got < 1000:
+            d = c.recv(1000 - got)
+            if not d:
+                break
+            got += len(d)
+        c.sendall(b"k")
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += len(d)
+    except OSError as e:
+        out({"ok": False, "errno": e.errno, "error": str(e), "recv_len": got})
+        return
+    out({"ok": True, "recv_len": got})
+
 def udp(bind, port):
     s = socket.socket(family(bind), socket.SOCK_DGRAM)
     s.bind((bind, int(port)))
@@ -303,7 +385,8 @@ def udp(bind, port):
         s.sendto(data, peer)
         out({"peer": peer[0], "peer_port": peer[1], "len": len(data)})
 
-{"tcp": tcp, "udp": udp}[sys.argv[1]](*sys.argv[2:])
+{"tcp": tcp, "udp": udp, "send_first": send_first, "rst": rst,
+ "ack_then_read": ack_then_read}[sys.argv[1]](*sys.argv[2:])
 "#;
 
 /// `python3` arguments for a TCP server in the guest.
@@ -318,6 +401,13 @@ pub fn py_tcp_server(bind: &str, port: u16, count: u32, reply_len: u64, seed: u6
         reply_len.to_string(),
         seed.to_string(),
     ]
+}
+
+/// `python3` arguments for another mode of [`FWD_PY`].
+pub fn py_mode(mode: &str, args: &[String]) -> Vec<String> {
+    let mut v = vec!["-c".to_string(), FWD_PY.to_string(), mode.to_string()];
+    v.extend(args.iter().cloned());
+    v
 }
 
 /// `python3` arguments for a UDP echo server in the guest.
