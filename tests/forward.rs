@@ -373,6 +373,57 @@ fn resets_pass_both_ways_on_the_splice_path() {
     resets_pass_both_ways(&[]);
 }
 
+/// The binary's child processes (the splice path's helper).
+fn children(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// One small exchange through `port`; the peer address the guest server reported.
+fn peer_of_one_connection(server: &GuestProc, port: u16) -> String {
+    let ex = exchange(format!("127.0.0.1:{port}").parse().unwrap(), 10, 201, SHORT)
+        .expect("exchange through the forward");
+    let report = server.next(SHORT);
+    let (recv, sent) = server_digests(&report);
+    assert_eq!((ex.sent, ex.received), (recv, sent));
+    report.str("peer").to_string()
+}
+
+#[test]
+fn splice_falls_back_to_the_stack_when_the_helper_dies_or_hangs() {
+    let Some(bin) = prereqs(&[]) else { return };
+    for signal in [Signal::SIGKILL, Signal::SIGSTOP] {
+        let inst = Instance::start(&bin, &[]);
+        let server = inst.guest(
+            "tcp server in the guest",
+            PYTHON,
+            &py_tcp_server("0.0.0.0", 0, 0, 100, 202),
+        );
+        let port = inst.add_tcp("127.0.0.1", server.port());
+        assert_eq!(peer_of_one_connection(&server, port), SEEN_VIA_SPLICE);
+        let helpers = children(inst.child.pid());
+        assert_eq!(helpers.len(), 1, "one helper process: {helpers:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(helpers[0]), signal).unwrap();
+        // Sockets made before may still be used; after at most a pool's worth, and (for a
+        // hung helper) its timeout, connections take the stack path.
+        let mut peers = Vec::new();
+        for _ in 0..8 {
+            peers.push(peer_of_one_connection(&server, port));
+        }
+        assert_eq!(
+            peers.last().map(String::as_str),
+            Some(SEEN_VIA_STACK),
+            "after {signal}: {peers:?}"
+        );
+        wait_for(SHORT, "the helper to be reaped", || {
+            children(inst.child.pid()).is_empty()
+        });
+    }
+}
+
 /// 1,000 forwarded connections one after another: every byte checked, and the descriptor
 /// count back at its baseline afterwards.
 fn thousand_connections(opts: &[&str]) {

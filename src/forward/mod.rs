@@ -42,7 +42,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 
 pub use publish::{PublishSpec, parse_publish};
 pub use splice::SPLICE_PIPE_SIZE;
@@ -65,6 +65,9 @@ pub const MAX_HOSTFWDS: usize = 1024;
 pub const MAX_SPLICE_CONNS: usize = 4096;
 /// Clients waiting for the helper's socket; beyond, the stack path.
 pub const MAX_SPLICE_WAITING: usize = 256;
+/// A helper that leaves a client waiting this long for a socket is given up on: the waiting
+/// clients, and all later ones, take the stack path.
+pub const SPLICE_HELPER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Sockets made in the guest's namespace ahead of need, so that a spliced connection starts
 /// without a round trip to the helper.
 pub const SPLICE_SOCKET_POOL: usize = 4;
@@ -209,6 +212,8 @@ struct Waiting {
     client: TcpStream,
     peer: SocketAddr,
     guest: SocketAddrV4,
+    /// When it started waiting.
+    since: Instant,
 }
 
 pub struct Forwarder {
@@ -424,14 +429,25 @@ impl Forwarder {
     /// The earliest timer: a UDP flow's expiry or an API client's deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         let api = self.api_clients.iter().map(|(_, (c, _))| c.deadline).min();
-        match (self.udp.next_deadline(), api) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let helper = self
+            .waiting
+            .front()
+            .map(|w| w.since + SPLICE_HELPER_TIMEOUT);
+        [self.udp.next_deadline(), api, helper]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers and resumes work left over from budgets. Call once per loop turn.
     pub fn on_timers(&mut self, cx: &mut Ctx<'_>) {
+        if self
+            .waiting
+            .front()
+            .is_some_and(|w| cx.now >= w.since + SPLICE_HELPER_TIMEOUT)
+        {
+            self.helper_gone(cx, "it did not answer in time");
+        }
         if self.udp.next_deadline().is_some_and(|d| d <= cx.now) {
             let expired = self.udp.expire(cx.now);
             tracing::debug!(expired, "udp forward flows expired");
@@ -507,6 +523,7 @@ impl Forwarder {
                 client,
                 peer,
                 guest,
+                since: cx.now,
             };
             if self.conns.len() + self.waiting.len() >= MAX_SPLICE_CONNS
                 || self.waiting.len() >= MAX_SPLICE_WAITING
@@ -597,20 +614,27 @@ impl Forwarder {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("socket helper gone ({e}); forwards use the stack from now on");
-                    if let Some((helper, source)) = self.helper.take() {
-                        let fd = std::os::fd::AsRawFd::as_raw_fd(&helper.channel());
-                        let _ = cx.registry.deregister(&mut SourceFd(&fd));
-                        self.sources.remove(source);
-                    }
-                    self.requested = 0;
-                    while let Some(w) = self.waiting.pop_front() {
-                        self.counters.splice_fallback += 1;
-                        self.via_stack(cx, w.client, w.peer, w.guest);
-                    }
+                    self.helper_gone(cx, &e.to_string());
                     return;
                 }
             }
+        }
+    }
+
+    /// Stops using the helper (it is killed); waiting clients take the stack path, and so do
+    /// all later ones.
+    fn helper_gone(&mut self, cx: &mut Ctx<'_>, why: &str) {
+        tracing::warn!("socket helper: {why}; forwards use the stack from now on");
+        if let Some((helper, source)) = self.helper.take() {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&helper.channel());
+            let _ = cx.registry.deregister(&mut SourceFd(&fd));
+            self.sources.remove(source);
+        }
+        self.requested = 0;
+        self.pool.clear();
+        while let Some(w) = self.waiting.pop_front() {
+            self.counters.splice_fallback += 1;
+            self.via_stack(cx, w.client, w.peer, w.guest);
         }
     }
 
