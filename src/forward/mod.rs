@@ -45,7 +45,6 @@ use slab::Slab;
 use smoltcp::time::{Duration, Instant};
 
 pub use publish::{PublishSpec, parse_publish};
-pub use splice::SPLICE_PIPE_SIZE;
 pub use udp::{MAX_UDP_FLOWS, UDP_FLOW_IDLE};
 
 use crate::config::NetConfig;

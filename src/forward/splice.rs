@@ -26,11 +26,7 @@ use std::time::Duration;
 
 use mio::net::TcpStream;
 
-use crate::sys::splice::{pipe, pipe_size, set_pipe_size, splice};
-
-/// Size asked for each pipe (one per direction). Larger pipes move more per system call; an
-/// unprivileged user past its pipe quota gets the default (64 KiB) or less.
-pub const SPLICE_PIPE_SIZE: usize = 256 * 1024;
+use crate::sys::splice::{pipe, pipe_size, splice};
 /// Rounds (each up to a pipe's worth per direction) before a connection yields.
 const ROUNDS_PER_DRIVE: usize = 32;
 
@@ -62,11 +58,11 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
+        // The default size (64 KiB): 256 KiB and 1 MiB pipes measured no faster here, and
+        // a larger pipe uses more of an unprivileged user's pipe quota
+        // (`/proc/sys/fs/pipe-user-pages-soft`), past which new pipes get one page.
         let (read, write) = pipe()?;
-        let cap = match set_pipe_size(write.as_fd(), SPLICE_PIPE_SIZE) {
-            Ok(cap) => cap,
-            Err(_) => pipe_size(write.as_fd())?,
-        };
+        let cap = pipe_size(write.as_fd())?;
         Ok(Pipe {
             read,
             write,

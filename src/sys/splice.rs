@@ -40,16 +40,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// Asks for a pipe of `size` bytes and returns the size the kernel granted. An unprivileged
-/// process past `/proc/sys/fs/pipe-user-pages-soft` gets an error; the pipe keeps its size.
-pub fn set_pipe_size(pipe: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
-    let size =
-        libc::c_int::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    fcntl(pipe, FcntlArg::F_SETPIPE_SZ(size))
-        .map(|n| n as usize)
-        .map_err(io::Error::from)
-}
-
 /// The capacity of a pipe in bytes.
 pub fn pipe_size(pipe: BorrowedFd<'_>) -> io::Result<usize> {
     fcntl(pipe, FcntlArg::F_GETPIPE_SZ)
