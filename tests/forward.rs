@@ -373,6 +373,95 @@ fn resets_pass_both_ways_on_the_splice_path() {
     resets_pass_both_ways(&[]);
 }
 
+/// Peak resident memory of a process in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A guest that does not read holds the client back: the client can queue only a bounded
+/// amount (buffers along the way), tapsplice's memory stays small, and once the guest reads,
+/// every byte arrives.
+fn back_pressure(opts: &[&str]) {
+    use std::io::Write;
+    /// What the client may get queued against a stalled reader: socket buffers on the host
+    /// and in the guest, smoltcp's 512 KiB or a 64 KiB pipe.
+    const MAX_QUEUED: u64 = 24 * MIB;
+    const MAX_RSS_KIB: u64 = 16 * 1024;
+    let Some(bin) = prereqs(&[]) else { return };
+    let inst = Instance::start(&bin, opts);
+    let dir = TempDir::new("tsgate");
+    let gate = dir.join("open");
+    let server = inst.guest(
+        "gated server in the guest",
+        PYTHON,
+        &py_mode(
+            "gated",
+            &[
+                "0.0.0.0".into(),
+                "0".into(),
+                gate.to_string_lossy().into_owned(),
+            ],
+        ),
+    );
+    let host_port = inst.add_tcp("127.0.0.1", server.port());
+    let len = 128 * MIB;
+    let data = pattern_bytes(211, len);
+    let mut s = TcpStream::connect(("127.0.0.1", host_port)).expect("connect");
+    server.next(SHORT); // accepted
+    s.set_nonblocking(true).unwrap();
+    let mut written = 0usize;
+    let mut last_progress = Instant::now();
+    let start = Instant::now();
+    // Write until nothing more is taken for a second.
+    while last_progress.elapsed() < Duration::from_secs(1) {
+        assert!(
+            start.elapsed() < SHORT,
+            "the client never stopped being able to write"
+        );
+        match s.write(&data[written..]) {
+            Ok(n) => {
+                written += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("write while the guest stalls: {e}"),
+        }
+    }
+    assert!(
+        (written as u64) < MAX_QUEUED,
+        "{written} bytes taken while the guest read nothing"
+    );
+    let rss = peak_rss_kib(inst.child.pid());
+    std::fs::write(&gate, b"").unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(&data[written..])
+        .expect("the rest, once the guest reads");
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (recv, _) = server_digests(&server.next(Duration::from_secs(120)));
+    assert_eq!(recv, Digest::of(&data), "bytes at the guest");
+    let rss = rss.max(peak_rss_kib(inst.child.pid()));
+    assert!(rss < MAX_RSS_KIB, "tapsplice peaked at {rss} KiB");
+    eprintln!("{opts:?}: {written} bytes queued against a stalled guest; peak RSS {rss} KiB");
+}
+
+#[test]
+fn back_pressure_holds_the_client_on_the_stack_path() {
+    back_pressure(&["--forward-path=stack"]);
+}
+
+#[test]
+fn back_pressure_holds_the_client_on_the_splice_path() {
+    back_pressure(&[]);
+}
+
 /// The binary's child processes (the splice path's helper).
 fn children(pid: u32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

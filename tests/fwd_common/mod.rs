@@ -231,6 +231,8 @@ impl GuestProc {
 /// - `send_first BIND PORT LEN SEED`: one connection: send LEN pattern bytes, half-close, read
 ///   to EOF; print the digests.
 /// - `rst BIND PORT`: one connection: read 1000 bytes, then close with `SO_LINGER` 0 (an RST).
+/// - `gated BIND PORT FILE`: one connection: print `{"accepted"}`, read nothing until FILE
+///   exists, then read to EOF and print the digest.
 /// - `ack_then_read BIND PORT`: one connection: read 1000 bytes, send `k`, read to EOF; print
 ///   `{"ok":true}` or `{"ok":false,"errno"}` (an RST from the client).
 pub const FWD_PY: &str = r#"
@@ -373,6 +375,31 @@ def ack_then_read(bind, port):
         return
     out({"ok": True, "recv_len": got})
 
+def gated(bind, port, gate):
+    import os, time
+    ls = socket.socket(family(bind), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, int(port)))
+    ls.listen(8)
+    out({"port": ls.getsockname()[1]})
+    c, peer = ls.accept()
+    out({"accepted": peer[0]})
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.settimeout(120)
+    hr = hashlib.sha256()
+    got = 0
+    while True:
+        d = c.recv(256 * 1024)
+        if not d:
+            break
+        hr.update(d)
+        got += len(d)
+    c.close()
+    out({"ok": True, "recv_len": got, "recv_sha": hr.hexdigest(), "sent_len": 0,
+         "sent_sha": hashlib.sha256().hexdigest()})
+
 def udp(bind, port):
     s = socket.socket(family(bind), socket.SOCK_DGRAM)
     s.bind((bind, int(port)))
@@ -386,7 +413,7 @@ def udp(bind, port):
         out({"peer": peer[0], "peer_port": peer[1], "len": len(data)})
 
 {"tcp": tcp, "udp": udp, "send_first": send_first, "rst": rst,
- "ack_then_read": ack_then_read}[sys.argv[1]](*sys.argv[2:])
+ "ack_then_read": ack_then_read, "gated": gated}[sys.argv[1]](*sys.argv[2:])
 "#;
 
 /// `python3` arguments for a TCP server in the guest.
