@@ -266,11 +266,20 @@ impl Forwarder {
         }
     }
 
-    /// Opens the API socket, starts the namespace helper and makes the `-p` forwards.
+    /// Opens the API socket, starts the namespace helper and makes the `-p` forwards (in
+    /// that order: a bad API socket path fails before anything else is made).
     ///
     /// Must be called while this process is single-threaded (the helper is forked).
     pub fn start(&mut self, setup: &ForwardSetup, registry: &Registry) -> Result<(), ForwardError> {
         self.path = setup.path;
+        if let Some(path) = &setup.api_socket {
+            let mut listener = ApiListener::bind(path).map_err(ForwardError::Api)?;
+            let source = self.sources.insert(Source::ApiListener);
+            registry
+                .register(&mut listener.listener, token(source), Interest::READABLE)
+                .map_err(|e| ForwardError::Api(format!("api_bindlisten: {e}")))?;
+            self.api = Some((listener, source));
+        }
         let wanted = setup.api_socket.is_some() || !setup.publish.is_empty();
         if wanted
             && setup.path != ForwardPath::Stack
@@ -298,14 +307,6 @@ impl Forwarder {
                 }
                 Err(e) => self.helper_unavailable(setup.path, &e.to_string())?,
             }
-        }
-        if let Some(path) = &setup.api_socket {
-            let mut listener = ApiListener::bind(path).map_err(ForwardError::Api)?;
-            let source = self.sources.insert(Source::ApiListener);
-            registry
-                .register(&mut listener.listener, token(source), Interest::READABLE)
-                .map_err(|e| ForwardError::Api(format!("api_bindlisten: {e}")))?;
-            self.api = Some((listener, source));
         }
         for spec in &setup.publish {
             self.add(*spec, registry)
