@@ -717,3 +717,6 @@ fn parse_run(prog: &str, args: &[String]) -> Result<Command, CliError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod forward_tests;
