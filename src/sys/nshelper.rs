@@ -82,6 +82,12 @@ impl NsSocketFactory {
             ForkResult::Child => {
                 drop(parent_end);
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                // The event loop blocks SIGTERM and SIGINT to read them from a signalfd. The
+                // helper takes SIGTERM as usual, but keeps SIGINT blocked: a terminal's Ctrl-C
+                // goes to the whole process group, and tapsplice decides what it means.
+                let mut mask = nix::sys::signal::SigSet::empty();
+                mask.add(Signal::SIGINT);
+                let _ = mask.thread_set_mask();
                 if getppid() != parent_pid {
                     super::process::exit_now(0);
                 }
