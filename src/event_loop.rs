@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::NetConfig;
 use crate::flow::FlowTable;
+use crate::forward::{self, ForwardError, ForwardSetup, Forwarder};
 use crate::stack::{Ingress, Stack};
 use crate::sys::process::IsolatedChild;
 
@@ -55,6 +56,8 @@ pub struct EventLoop {
     tap: OwnedFd,
     stack: Stack,
     flows: FlowTable,
+    /// Port forwards and the API socket.
+    forward: Forwarder,
     signals: SignalFd,
     /// Held so the descriptor registered as `EXIT_FD` stays open; only its events matter.
     _exit_fd: Option<OwnedFd>,
@@ -109,6 +112,7 @@ impl EventLoop {
         };
         let clock = Clock(std::time::Instant::now());
         let flows = FlowTable::new(cfg.clone());
+        let forward = Forwarder::new(cfg.clone());
         let stack = Stack::new(cfg, clock.now());
         Ok(EventLoop {
             poll,
@@ -116,6 +120,7 @@ impl EventLoop {
             tap,
             stack,
             flows,
+            forward,
             signals,
             _exit_fd: exit_fd,
             exit_fd_missing,
@@ -133,6 +138,12 @@ impl EventLoop {
         }
     }
 
+    /// Opens the API socket and the `-p` forwards, and starts the splice path's helper.
+    /// Must be called while this process is single-threaded, before [`EventLoop::run`].
+    pub fn start_forwarding(&mut self, setup: &ForwardSetup) -> Result<(), ForwardError> {
+        self.forward.start(setup, self.poll.registry())
+    }
+
     /// Runs until a signal, the exit fd or the child ends it.
     pub fn run(&mut self) -> io::Result<Outcome> {
         let mut events = Events::with_capacity(256);
@@ -142,14 +153,18 @@ impl EventLoop {
             }
             let now = self.clock.now();
             let next_advert = self.stack.poll_router_advert(now);
-            let timeout = if self.tap_readable {
+            let timeout = if self.tap_readable || self.forward.has_pending() {
                 Some(Duration::ZERO)
             } else {
-                [self.flows.next_deadline(), next_advert]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
+                [
+                    self.flows.next_deadline(),
+                    self.forward.next_deadline(),
+                    next_advert,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
             };
             if self.stack.tx_pending() > 0 {
                 self.flush_tap()?;
@@ -182,6 +197,15 @@ impl EventLoop {
                         return Ok(Outcome::ExitFd);
                     }
                     EXIT_FD => {}
+                    token if forward::owns(token) => {
+                        let mut cx = forward::Ctx {
+                            now,
+                            stack: &mut self.stack,
+                            flows: &mut self.flows,
+                            registry: self.poll.registry(),
+                        };
+                        self.forward.on_event(&mut cx, token);
+                    }
                     CHILD => {
                         if let Some((mut child, _pidfd)) = self.child.take() {
                             return Ok(Outcome::ChildExited(child.reap()));
@@ -200,6 +224,17 @@ impl EventLoop {
             }
             self.flows
                 .on_timers(now, &mut self.stack, self.poll.registry());
+            if self.stack.take_neighbor_news() {
+                self.flows
+                    .on_neighbor_learned(now, &mut self.stack, self.poll.registry());
+            }
+            let mut cx = forward::Ctx {
+                now,
+                stack: &mut self.stack,
+                flows: &mut self.flows,
+                registry: self.poll.registry(),
+            };
+            self.forward.on_timers(&mut cx);
             self.flush_tap()?;
         }
     }
@@ -222,6 +257,8 @@ impl EventLoop {
                 Ingress::Tcp { key, opens } => self
                     .flows
                     .on_guest_segment(now, stack, registry, key, opens),
+                // Answers to port forwards' clients go to them; the rest is the NAT's.
+                Ingress::Udp { key } if self.forward.on_guest_udp(now, stack, key) => {}
                 Ingress::Udp { key } => self.flows.on_guest_datagram(now, stack, registry, key),
                 Ingress::Echo(request) => self.flows.on_guest_echo(now, stack, registry, request),
                 Ingress::Handled | Ingress::Dropped(_) => {}
@@ -270,5 +307,9 @@ impl EventLoop {
 
     pub fn flows(&self) -> &FlowTable {
         &self.flows
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forward
     }
 }

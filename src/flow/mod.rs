@@ -11,6 +11,7 @@
 //! and an RST when it fails: a connection is never accepted that the host cannot make.
 
 mod icmp;
+mod inbound;
 mod nat;
 mod resolver;
 mod tcp;
@@ -30,6 +31,8 @@ use nat::{Nat, PingSocket};
 pub use resolver::first_nameserver;
 use tcp::{Status, TcpFlow};
 use udp::{IdleTimeouts, UdpFlow};
+
+pub use inbound::InboundRefused;
 
 /// Most guest TCP flows at once; a SYN beyond this is answered with an RST and counted.
 pub const MAX_TCP_FLOWS: usize = 16_384;
@@ -227,6 +230,7 @@ impl FlowTable {
     ) {
         let index = match self.udp_by_key.get(&key) {
             Some(&index) => index,
+            None if stack.refuse_datagram_by_policy(key) => return,
             None => match self.open_udp(now, stack, registry, key) {
                 Some(index) => index,
                 None => {
