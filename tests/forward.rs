@@ -170,7 +170,11 @@ fn echo(sock: &UdpSocket, payload: &[u8]) -> Vec<u8> {
         sock.send(payload).expect("send datagram");
         match sock.recv(&mut buf) {
             Ok(n) => return buf[..n].to_vec(),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(e) => panic!("recv: {e}"),
         }
     }
@@ -241,7 +245,7 @@ fn refused_by_the_guest(opts: &[&str]) {
     let mut s = TcpStream::connect(("127.0.0.1", host_port)).expect("the host listener accepts");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 16];
-    let got = s.read(&mut buf);
+    let got = read_retrying(&mut s, &mut buf);
     assert!(
         matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "expected a reset, got {got:?}"
@@ -333,7 +337,7 @@ fn resets_pass_both_ways(opts: &[&str]) {
     std::io::Write::write_all(&mut s, &[7u8; 1000]).unwrap();
     assert!(server.next(SHORT).ok());
     let mut buf = [0u8; 64];
-    let got = s.read(&mut buf);
+    let got = read_retrying(&mut s, &mut buf);
     assert!(
         matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "after the guest's RST: {got:?}"
@@ -431,6 +435,7 @@ fn back_pressure(opts: &[&str]) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10))
             }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => panic!("write while the guest stalls: {e}"),
         }
     }

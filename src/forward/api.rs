@@ -373,7 +373,8 @@ impl ApiClient {
                 Err(_) => return ClientStep::Done,
             }
         }
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        // Done: the caller drops the stream, and the close is the client's EOF (so once a
+        // client has its whole answer, the connection is gone from our descriptor table).
         ClientStep::Done
     }
 }

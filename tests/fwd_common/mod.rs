@@ -440,6 +440,18 @@ pub fn py_udp_echo(bind: &str, port: u16) -> Vec<String> {
     ]
 }
 
+/// `read`, again after `EINTR`. Linux interrupts socket reads that have a timeout when the
+/// process is stopped and continued (signal(7)), even without signal handlers, e.g. while a
+/// debugger or profiler attaches to it.
+pub fn read_retrying(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// What a host-side client sent and received on one connection.
 pub struct Exchanged {
     pub sent: Digest,
@@ -468,7 +480,7 @@ pub fn exchange(
     let mut received = Hasher::default();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = s.read(&mut buf)?;
+        let n = read_retrying(&mut s, &mut buf)?;
         if n == 0 {
             break;
         }
