@@ -27,6 +27,12 @@ const SIGNALS: Token = Token(1);
 const EXIT_FD: Token = Token(2);
 const CHILD: Token = Token(3);
 
+/// How long `run` goes on moving the command's last bytes to their hosts after it exited.
+const CHILD_DRAIN: Duration = Duration::from_secs(2);
+
+/// How often the drain after the child's exit checks whether it is done.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
+
 /// Frames read from the TAP per wake-up before host sockets get a turn.
 const TAP_BATCH: usize = 128;
 
@@ -64,6 +70,8 @@ pub struct EventLoop {
     /// An `--exit-fd` that was not open: exit as soon as the loop runs.
     exit_fd_missing: bool,
     child: Option<(IsolatedChild, OwnedFd)>,
+    /// The `run` child's exit status, and until when the loop may still drain towards hosts.
+    child_exited: Option<(i32, std::time::Instant)>,
     /// Frames may still be waiting in the TAP (the last batch hit its limit).
     tap_readable: bool,
     /// The last write to the TAP would have blocked.
@@ -125,6 +133,7 @@ impl EventLoop {
             _exit_fd: exit_fd,
             exit_fd_missing,
             child,
+            child_exited: None,
             tap_readable: true,
             tap_blocked: false,
         })
@@ -151,6 +160,13 @@ impl EventLoop {
             if self.exit_fd_missing {
                 return Ok(Outcome::ExitFd);
             }
+            if let Some((status, until)) = self.child_exited {
+                // What the command sent before it exited still reaches its hosts.
+                let drained = !self.tap_readable && !self.flows.owe_hosts();
+                if drained || std::time::Instant::now() >= until {
+                    return Ok(Outcome::ChildExited(status));
+                }
+            }
             let now = self.clock.now();
             let next_advert = self.stack.poll_router_advert(now);
             let timeout = if self.tap_readable || self.forward.has_pending() {
@@ -165,6 +181,12 @@ impl EventLoop {
                 .flatten()
                 .min()
                 .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
+            };
+            // While draining after the child exited, look again soon even if nothing happens.
+            let timeout = match (self.child_exited, timeout) {
+                (Some(_), Some(t)) => Some(t.min(DRAIN_TICK)),
+                (Some(_), None) => Some(DRAIN_TICK),
+                (None, t) => t,
             };
             if self.stack.tx_pending() > 0 {
                 self.flush_tap()?;
@@ -208,7 +230,8 @@ impl EventLoop {
                     }
                     CHILD => {
                         if let Some((mut child, _pidfd)) = self.child.take() {
-                            return Ok(Outcome::ChildExited(child.reap()));
+                            let drain_until = std::time::Instant::now() + CHILD_DRAIN;
+                            self.child_exited = Some((child.reap(), drain_until));
                         }
                     }
                     token if FlowTable::owns(token) => {
@@ -220,7 +243,12 @@ impl EventLoop {
                 }
             }
             if self.tap_readable {
-                self.read_tap(now)?;
+                match self.read_tap(now) {
+                    Ok(()) => {}
+                    // The command's namespace may be gone with it; its status is the outcome.
+                    Err(_) if self.child_exited.is_some() => self.tap_readable = false,
+                    Err(e) => return Err(e),
+                }
             }
             self.flows
                 .on_timers(now, &mut self.stack, self.poll.registry());

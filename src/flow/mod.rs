@@ -151,6 +151,11 @@ impl FlowTable {
         self.tcp.len()
     }
 
+    /// Whether any TCP flow still owes its host socket bytes the guest sent.
+    pub fn owe_hosts(&mut self) -> bool {
+        self.tcp.iter_mut().any(|(_, flow)| flow.owes_host())
+    }
+
     /// Open UDP flows.
     pub fn udp_count(&self) -> usize {
         self.udp.len()
