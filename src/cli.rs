@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigError, NetConfig};
+use crate::forward::{ForwardPath, PublishSpec};
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +48,10 @@ pub struct AttachOptions {
     pub userns_path: Option<PathBuf>,
     pub tap_name: String,
     pub debug: bool,
+    /// `-a`: where to serve the slirp4netns API.
+    pub api_socket: Option<PathBuf>,
+    /// `--forward-path`: how forwarded TCP reaches the guest.
+    pub forward_path: ForwardPath,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,10 @@ pub struct RunOptions {
     pub net: NetConfig,
     pub debug: bool,
     pub command: Vec<String>,
+    pub api_socket: Option<PathBuf>,
+    pub forward_path: ForwardPath,
+    /// `-p` forwards, in order.
+    pub publish: Vec<PublishSpec>,
 }
 
 /// A command line that cannot be run. `message` goes to stderr (if not empty), the usage
@@ -84,6 +93,9 @@ enum Opt {
     DnsUpstream,
     ResolvConf,
     UdpTimeout,
+    ApiSocket,
+    ForwardPath,
+    Publish,
     Debug,
     Help,
     Version,
@@ -132,6 +144,8 @@ const OPTIONS: &[OptSpec] = &[
         Some(("-m, --mtu=MTU", "specify MTU (default=1500, max=65521)")), true),
     spec("enable-ipv6", Some('6'), false, Opt::EnableIpv6,
         Some(("-6, --enable-ipv6", "enable IPv6 (fd00::/64 by router advertisements)")), true),
+    spec("api-socket", Some('a'), true, Opt::ApiSocket,
+        Some(("-a, --api-socket=PATH", "specify API socket path")), true),
     spec("cidr", None, true, Opt::Cidr,
         Some(("--cidr=CIDR", "specify network address CIDR (default=10.0.2.0/24)")), true),
     spec("disable-host-loopback", None, false, Opt::DisableHostLoopback,
@@ -157,6 +171,8 @@ const OPTIONS: &[OptSpec] = &[
         Some(("--resolv-conf=PATH", "where to read the DNS server (default=/etc/resolv.conf)")), true),
     spec("udp-timeout", None, true, Opt::UdpTimeout,
         Some(("--udp-timeout=SECS", "idle timeout of answered UDP flows (default=120; unanswered: 30)")), true),
+    spec("forward-path", None, true, Opt::ForwardPath,
+        Some(("--forward-path=MODE", "how forwarded TCP reaches the guest: auto, stack or splice (default=auto)")), true),
     spec("debug", None, false, Opt::Debug,
         Some(("--debug", "log flows and decisions to stderr (or set RUST_LOG)")), true),
     spec("help", Some('h'), false, Opt::Help,
@@ -165,12 +181,30 @@ const OPTIONS: &[OptSpec] = &[
         Some(("-v, --version", "show version and exit")), true),
 ];
 
+/// Options of `tapsplice run` only (slirp4netns has no such options).
+const RUN_ONLY_OPTIONS: &[OptSpec] = &[spec(
+    "publish",
+    Some('p'),
+    true,
+    Opt::Publish,
+    Some((
+        "-p, --publish=SPEC",
+        "forward [ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] to the command (repeatable, port ranges A-B)",
+    )),
+    true,
+)];
+
 /// Width of the option column in `--help`, as in slirp4netns.
 const HELP_COLUMN: usize = 25;
 
 fn help_lines(in_run: bool) -> String {
     let mut out = String::new();
-    for spec in OPTIONS.iter().filter(|s| !in_run || s.in_run) {
+    let run_only = RUN_ONLY_OPTIONS.iter().filter(|_| in_run);
+    for spec in OPTIONS
+        .iter()
+        .filter(|s| !in_run || s.in_run)
+        .chain(run_only)
+    {
         if let Some((left, right)) = spec.help {
             out.push_str(&format!("{left:<width$}{right}\n", width = HELP_COLUMN));
         }
@@ -250,7 +284,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn table(&self) -> impl Iterator<Item = &'static OptSpec> + '_ {
-        OPTIONS.iter().filter(move |s| !self.in_run || s.in_run)
+        let run_only = RUN_ONLY_OPTIONS.iter().filter(move |_| self.in_run);
+        OPTIONS
+            .iter()
+            .filter(move |s| !self.in_run || s.in_run)
+            .chain(run_only)
     }
 
     fn next_item(&mut self) -> Result<Option<Item>, CliError> {
@@ -370,6 +408,9 @@ struct Collected {
     udp_timeout: Option<String>,
     debug: bool,
     operands: Vec<String>,
+    api_socket: Option<PathBuf>,
+    forward_path: ForwardPath,
+    publish: Vec<PublishSpec>,
 }
 
 /// Parses a full argv (with argv[0]).
@@ -450,6 +491,16 @@ fn collect(scanner: &mut Scanner<'_>) -> Result<Result<Collected, Command>, CliE
                 _ => return Err(fail("--target-type must be either \"netns\" or \"bess\"")),
             },
             Opt::Debug => c.debug = true,
+            // The length is checked when the socket is made, as slirp4netns does.
+            Opt::ApiSocket => c.api_socket = Some(PathBuf::from(value)),
+            Opt::ForwardPath => {
+                c.forward_path = ForwardPath::parse(&value).ok_or_else(|| {
+                    fail("--forward-path must be one of \"auto\", \"stack\" or \"splice\"")
+                })?
+            }
+            Opt::Publish => c
+                .publish
+                .push(crate::forward::parse_publish(&value).map_err(|e| fail(&e))?),
         }
     }
     Ok(Ok(c))
@@ -555,6 +606,8 @@ fn parse_attach(prog: &str, args: &[String]) -> Result<Command, CliError> {
         userns_path: c.userns_path,
         tap_name: c.operands.get(1).cloned().unwrap_or_else(|| "tap0".into()),
         debug: c.debug,
+        api_socket: c.api_socket,
+        forward_path: c.forward_path,
     }))
 }
 
@@ -585,8 +638,14 @@ fn parse_run(prog: &str, args: &[String]) -> Result<Command, CliError> {
         net,
         debug: c.debug,
         command: c.operands,
+        api_socket: c.api_socket,
+        forward_path: c.forward_path,
+        publish: c.publish,
     }))
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod forward_tests;

@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::NetConfig;
 use crate::flow::FlowTable;
+use crate::forward::{self, ForwardError, ForwardSetup, Forwarder};
 use crate::stack::{Ingress, Stack};
 use crate::sys::process::IsolatedChild;
 
@@ -25,6 +26,12 @@ const TAP: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const EXIT_FD: Token = Token(2);
 const CHILD: Token = Token(3);
+
+/// How long `run` goes on moving the command's last bytes to their hosts after it exited.
+const CHILD_DRAIN: Duration = Duration::from_secs(2);
+
+/// How often the drain after the child's exit checks whether it is done.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// Frames read from the TAP per wake-up before host sockets get a turn.
 const TAP_BATCH: usize = 128;
@@ -55,12 +62,16 @@ pub struct EventLoop {
     tap: OwnedFd,
     stack: Stack,
     flows: FlowTable,
+    /// Port forwards and the API socket.
+    forward: Forwarder,
     signals: SignalFd,
     /// Held so the descriptor registered as `EXIT_FD` stays open; only its events matter.
     _exit_fd: Option<OwnedFd>,
     /// An `--exit-fd` that was not open: exit as soon as the loop runs.
     exit_fd_missing: bool,
     child: Option<(IsolatedChild, OwnedFd)>,
+    /// The `run` child's exit status, and until when the loop may still drain towards hosts.
+    child_exited: Option<(i32, std::time::Instant)>,
     /// Frames may still be waiting in the TAP (the last batch hit its limit).
     tap_readable: bool,
     /// The last write to the TAP would have blocked.
@@ -109,6 +120,7 @@ impl EventLoop {
         };
         let clock = Clock(std::time::Instant::now());
         let flows = FlowTable::new(cfg.clone());
+        let forward = Forwarder::new(cfg.clone());
         let stack = Stack::new(cfg, clock.now());
         Ok(EventLoop {
             poll,
@@ -116,10 +128,12 @@ impl EventLoop {
             tap,
             stack,
             flows,
+            forward,
             signals,
             _exit_fd: exit_fd,
             exit_fd_missing,
             child,
+            child_exited: None,
             tap_readable: true,
             tap_blocked: false,
         })
@@ -133,6 +147,12 @@ impl EventLoop {
         }
     }
 
+    /// Opens the API socket and the `-p` forwards, and starts the splice path's helper.
+    /// Must be called while this process is single-threaded, before [`EventLoop::run`].
+    pub fn start_forwarding(&mut self, setup: &ForwardSetup) -> Result<(), ForwardError> {
+        self.forward.start(setup, self.poll.registry())
+    }
+
     /// Runs until a signal, the exit fd or the child ends it.
     pub fn run(&mut self) -> io::Result<Outcome> {
         let mut events = Events::with_capacity(256);
@@ -140,16 +160,33 @@ impl EventLoop {
             if self.exit_fd_missing {
                 return Ok(Outcome::ExitFd);
             }
+            if let Some((status, until)) = self.child_exited {
+                // What the command sent before it exited still reaches its hosts.
+                let drained = !self.tap_readable && !self.flows.owe_hosts();
+                if drained || std::time::Instant::now() >= until {
+                    return Ok(Outcome::ChildExited(status));
+                }
+            }
             let now = self.clock.now();
             let next_advert = self.stack.poll_router_advert(now);
-            let timeout = if self.tap_readable {
+            let timeout = if self.tap_readable || self.forward.has_pending() {
                 Some(Duration::ZERO)
             } else {
-                [self.flows.next_deadline(), next_advert]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
+                [
+                    self.flows.next_deadline(),
+                    self.forward.next_deadline(),
+                    next_advert,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|d| Duration::from_micros((d - now.min(d)).total_micros()))
+            };
+            // While draining after the child exited, look again soon even if nothing happens.
+            let timeout = match (self.child_exited, timeout) {
+                (Some(_), Some(t)) => Some(t.min(DRAIN_TICK)),
+                (Some(_), None) => Some(DRAIN_TICK),
+                (None, t) => t,
             };
             if self.stack.tx_pending() > 0 {
                 self.flush_tap()?;
@@ -182,9 +219,19 @@ impl EventLoop {
                         return Ok(Outcome::ExitFd);
                     }
                     EXIT_FD => {}
+                    token if forward::owns(token) => {
+                        let mut cx = forward::Ctx {
+                            now,
+                            stack: &mut self.stack,
+                            flows: &mut self.flows,
+                            registry: self.poll.registry(),
+                        };
+                        self.forward.on_event(&mut cx, token);
+                    }
                     CHILD => {
                         if let Some((mut child, _pidfd)) = self.child.take() {
-                            return Ok(Outcome::ChildExited(child.reap()));
+                            let drain_until = std::time::Instant::now() + CHILD_DRAIN;
+                            self.child_exited = Some((child.reap(), drain_until));
                         }
                     }
                     token if FlowTable::owns(token) => {
@@ -196,10 +243,26 @@ impl EventLoop {
                 }
             }
             if self.tap_readable {
-                self.read_tap(now)?;
+                match self.read_tap(now) {
+                    Ok(()) => {}
+                    // The command's namespace may be gone with it; its status is the outcome.
+                    Err(_) if self.child_exited.is_some() => self.tap_readable = false,
+                    Err(e) => return Err(e),
+                }
             }
             self.flows
                 .on_timers(now, &mut self.stack, self.poll.registry());
+            if self.stack.take_neighbor_news() {
+                self.flows
+                    .on_neighbor_learned(now, &mut self.stack, self.poll.registry());
+            }
+            let mut cx = forward::Ctx {
+                now,
+                stack: &mut self.stack,
+                flows: &mut self.flows,
+                registry: self.poll.registry(),
+            };
+            self.forward.on_timers(&mut cx);
             self.flush_tap()?;
         }
     }
@@ -222,6 +285,8 @@ impl EventLoop {
                 Ingress::Tcp { key, opens } => self
                     .flows
                     .on_guest_segment(now, stack, registry, key, opens),
+                // Answers to port forwards' clients go to them; the rest is the NAT's.
+                Ingress::Udp { key } if self.forward.on_guest_udp(now, stack, key) => {}
                 Ingress::Udp { key } => self.flows.on_guest_datagram(now, stack, registry, key),
                 Ingress::Echo(request) => self.flows.on_guest_echo(now, stack, registry, request),
                 Ingress::Handled | Ingress::Dropped(_) => {}
@@ -270,5 +335,9 @@ impl EventLoop {
 
     pub fn flows(&self) -> &FlowTable {
         &self.flows
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forward
     }
 }

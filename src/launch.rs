@@ -15,6 +15,7 @@ use crate::cli::{AttachOptions, RunOptions, Target};
 use crate::config::NetConfig;
 use crate::event_loop::{EventLoop, Outcome};
 use crate::flow::first_nameserver;
+use crate::forward::ForwardSetup;
 use crate::sys::ifconfig::IfControl;
 use crate::sys::netns::{NsTarget, open_in_namespaces};
 use crate::sys::process::{IsolatedChild, inherited_fd, raise_fd_limit, set_cloexec};
@@ -60,6 +61,14 @@ pub fn attach(opts: &AttachOptions) -> Result<u8> {
     raise_fd_limit();
     let mut event_loop =
         EventLoop::new(opts.net.clone(), tap, exit, None).context("set up the event loop")?;
+    // Ready means the API socket listens (slirp4netns binds it before writing the ready fd);
+    // its errors are printed as slirp4netns prints them, without context.
+    event_loop.start_forwarding(&ForwardSetup {
+        path: opts.forward_path,
+        api_socket: opts.api_socket.clone(),
+        publish: Vec::new(),
+        target: Some(target.clone()),
+    })?;
     if let Some(Some(ready)) = ready {
         // Any byte means ready to rootlesskit and Podman; slirp4netns writes "1".
         let _ = nix::unistd::write(&ready, b"1");
@@ -93,6 +102,19 @@ pub fn run(opts: &RunOptions) -> Result<u8> {
     };
     let mut event_loop = EventLoop::new(opts.net.clone(), tap, None, Some(child))
         .context("set up the event loop")?;
+    let publish = opts
+        .publish
+        .iter()
+        .flat_map(|p| p.forwards(opts.net.guest()))
+        .collect();
+    // The forwards listen before the command starts. On failure the child, never started,
+    // is killed with the event loop.
+    event_loop.start_forwarding(&ForwardSetup {
+        path: opts.forward_path,
+        api_socket: opts.api_socket.clone(),
+        publish,
+        target: Some(target.clone()),
+    })?;
     event_loop.start_child().context("start the command")?;
     let outcome = event_loop.run().context("event loop")?;
     Ok(match outcome {

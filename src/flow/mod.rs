@@ -11,6 +11,7 @@
 //! and an RST when it fails: a connection is never accepted that the host cannot make.
 
 mod icmp;
+mod inbound;
 mod nat;
 mod resolver;
 mod tcp;
@@ -30,6 +31,8 @@ use nat::{Nat, PingSocket};
 pub use resolver::first_nameserver;
 use tcp::{Status, TcpFlow};
 use udp::{IdleTimeouts, UdpFlow};
+
+pub use inbound::InboundRefused;
 
 /// Most guest TCP flows at once; a SYN beyond this is answered with an RST and counted.
 pub const MAX_TCP_FLOWS: usize = 16_384;
@@ -148,6 +151,11 @@ impl FlowTable {
         self.tcp.len()
     }
 
+    /// Whether any TCP flow still owes its host socket bytes the guest sent.
+    pub fn owe_hosts(&mut self) -> bool {
+        self.tcp.iter_mut().any(|(_, flow)| flow.owes_host())
+    }
+
     /// Open UDP flows.
     pub fn udp_count(&self) -> usize {
         self.udp.len()
@@ -227,6 +235,7 @@ impl FlowTable {
     ) {
         let index = match self.udp_by_key.get(&key) {
             Some(&index) => index,
+            None if stack.refuse_datagram_by_policy(key) => return,
             None => match self.open_udp(now, stack, registry, key) {
                 Some(index) => index,
                 None => {

@@ -80,6 +80,12 @@ impl TcpFlow {
         self.phase == Phase::Open
     }
 
+    /// Whether bytes (or a FIN) from the guest still wait to be written to the host socket.
+    pub fn owes_host(&mut self) -> bool {
+        let state = self.guest.state();
+        self.guest.socket().recv_queue() > 0 || (guest_sent_fin(state) && !self.host_write_shut)
+    }
+
     /// The guest socket, for delivering the flow's frames to the stack.
     pub fn guest_mut(&mut self) -> &mut GuestSocket {
         &mut self.guest

@@ -124,6 +124,15 @@ impl FrameDevice {
         self.frame_mtu
     }
 
+    /// Queues a frame of `len` bytes built by `fill` (one the stack originates, not a reply).
+    /// `None`, and nothing queued, when the queue is full.
+    pub fn emit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if self.tx.ready.len() >= TX_QUEUE_LIMIT {
+            return None;
+        }
+        Some(self.tx.push_with(len, fill))
+    }
+
     /// The oldest frame waiting for the TAP.
     pub fn front_tx(&self) -> Option<&[u8]> {
         self.tx.ready.front().map(|(buf, len)| &buf[..*len])

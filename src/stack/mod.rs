@@ -20,6 +20,7 @@ mod device;
 mod dhcp;
 mod emit;
 mod icmp;
+mod inbound;
 mod ipv6;
 mod tcp;
 
@@ -39,7 +40,8 @@ pub use device::{ETHERNET_HEADER_LEN, FrameDevice};
 
 /// The DNS port at N+3.
 pub const DNS_PORT: u16 = 53;
-pub use tcp::GuestSocket;
+pub use inbound::{MAX_NEIGHBORS, MAX_PENDING_UDP, UdpSend};
+pub use tcp::{GUEST_CONNECT_TIMEOUT, GuestSocket};
 
 use crate::config::NetConfig;
 use crate::stats::{Counters, DropReason};
@@ -100,7 +102,8 @@ pub struct Stack {
     /// The socket set for frames that belong to no flow.
     no_sockets: SocketSet<'static>,
     dhcp: dhcp::DhcpServer,
-    /// The MAC each guest address last sent from, for UDP and ICMP frames we build.
+    /// The MAC each guest IPv6 address last sent from, for UDP and ICMP frames we build
+    /// (IPv4 addresses are in `inbound`'s neighbor table).
     guest_macs: HashMap<IpAddr, EthernetAddress>,
     /// A guest IPv6 address seen for the first time, to be taught to smoltcp's neighbor cache.
     new_neighbor: Option<(std::net::Ipv6Addr, EthernetAddress)>,
@@ -109,6 +112,8 @@ pub struct Stack {
     /// Where the UDP payload or echo data of the received frame is.
     rx_payload: Range<usize>,
     pub counters: Counters,
+    /// Guest MACs and datagrams for port forwards (module `inbound`).
+    inbound: inbound::Inbound,
 }
 
 impl Stack {
@@ -149,6 +154,7 @@ impl Stack {
             next_router_advert: cfg_ipv6.then_some(now),
             rx_payload: 0..0,
             counters: Counters::default(),
+            inbound: inbound::Inbound::default(),
         }
     }
 
@@ -197,11 +203,14 @@ impl Stack {
         };
         let ArpRepr::EthernetIpv4 {
             target_protocol_addr,
+            source_protocol_addr,
+            source_hardware_addr,
             ..
         } = repr
         else {
             return Ingress::Dropped(DropReason::Unsupported);
         };
+        self.learn_neighbor(source_protocol_addr, source_hardware_addr);
         if !self.cfg.is_own_address(target_protocol_addr) {
             return Ingress::Dropped(DropReason::NotOurs);
         }
@@ -269,12 +278,17 @@ impl Stack {
         };
         let opens = tcp.syn() && !tcp.ack() && !tcp.rst();
         if !opens {
+            // A SYN-ACK answers a forwarded connection: its sender is a guest address.
+            if tcp.syn() {
+                self.learn_from_received_ipv4();
+            }
             return Ingress::Tcp { key, opens };
         }
         // A SYN makes a host connection, so check it whole before believing it.
         if !tcp.verify_checksum(&src.into(), &dst.into()) {
             return Ingress::Dropped(DropReason::BadChecksum);
         }
+        self.learn_from_received_ipv4();
         if let Some(verdict) = self.refuse_by_policy(dst, key.remote.port()) {
             return verdict;
         }
@@ -301,9 +315,11 @@ impl Stack {
         if !is_unicast(dst) || src.is_unspecified() {
             return Ingress::Dropped(DropReason::Unsupported);
         }
-        if let Some(verdict) = self.refuse_by_policy(dst, dst_port) {
-            return verdict;
+        if src.is_ipv4() {
+            self.learn_from_received_ipv4();
         }
+        // No policy here: the datagram may answer a port forward's client (at N+2, say),
+        // which only the caller knows; see [`Stack::refuse_datagram_by_policy`].
         let payload_at = at + emit::UDP_HEADER_LEN;
         self.rx_payload = payload_at..payload_at + payload_len;
         Ingress::Udp {
@@ -371,8 +387,29 @@ impl Stack {
         None
     }
 
+    /// Applies the configuration to the held UDP datagram of `key`, which opens a NAT flow:
+    /// with `--disable-host-loopback` the gateway answers ICMP net unreachable, with
+    /// `--disable-dns` the DNS address says nothing. True when it was refused (and handled).
+    pub fn refuse_datagram_by_policy(&mut self, key: FlowKey) -> bool {
+        match self.refuse_by_policy(key.remote.ip(), key.remote.port()) {
+            None => false,
+            Some(Ingress::Dropped(reason)) => {
+                self.device.discard_received();
+                self.counters.drop(reason);
+                true
+            }
+            Some(_) => true,
+        }
+    }
+
     /// Notes the MAC `addr` sends from; true when the address is new (or moved).
     fn remember_guest(&mut self, addr: IpAddr, mac: EthernetAddress) -> bool {
+        if let IpAddr::V4(v4) = addr {
+            // IPv4 neighbors live in one table, shared with port forwards (`inbound`).
+            let known = self.guest_mac(v4) == Some(mac);
+            self.learn_neighbor(v4, mac);
+            return !known;
+        }
         if self.guest_macs.get(&addr) == Some(&mac) {
             return false;
         }
@@ -401,11 +438,11 @@ impl Stack {
             src: EthernetAddress(self.cfg.gateway_mac()),
             // Before the guest sent anything we cannot know its MAC; a broadcast frame with a
             // unicast IP destination still reaches its IP layer.
-            dst: self
-                .guest_macs
-                .get(&guest)
-                .copied()
-                .unwrap_or(EthernetAddress::BROADCAST),
+            dst: match guest {
+                IpAddr::V4(v4) => self.guest_mac(v4),
+                IpAddr::V6(_) => self.guest_macs.get(&guest).copied(),
+            }
+            .unwrap_or(EthernetAddress::BROADCAST),
         }
     }
 
@@ -548,3 +585,6 @@ fn random_seed() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod inbound_tests;

@@ -7,9 +7,10 @@
 //! Nagle and delayed ACKs are off: the guest and the host each run their own congestion
 //! control, and we only relay.
 
-use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::iface::{Context, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::IpListenEndpoint;
+use smoltcp::time::Duration;
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use super::FlowKey;
 
@@ -18,6 +19,11 @@ use super::FlowKey;
 /// smoltcp advertises is derived from the receive buffer. Large enough for a
 /// bandwidth-delay product on a local link at 65520 MTU (8 full segments).
 pub const GUEST_TCP_BUFFER: usize = 512 * 1024;
+
+/// How long a forwarded connection may wait for the guest to answer its SYN (and, once open,
+/// for the guest to acknowledge anything while data is outstanding) before it is reset: the
+/// BSD connection-establishment timer that libslirp also uses.
+pub const GUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
 
 pub struct GuestSocket {
     set: SocketSet<'static>,
@@ -43,6 +49,26 @@ impl GuestSocket {
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
         GuestSocket { set, handle }
+    }
+
+    /// A socket that dials the guest endpoint `key.guest` from `key.remote` (a port forward).
+    pub(super) fn connect(cx: &mut Context, key: FlowKey) -> Option<Self> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; GUEST_TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; GUEST_TCP_BUFFER]),
+        );
+        socket.set_ack_delay(None);
+        socket.set_nagle_enabled(false);
+        socket.set_timeout(Some(GUEST_CONNECT_TIMEOUT));
+        let remote = IpEndpoint::new(key.guest.ip().into(), key.guest.port());
+        let local = IpListenEndpoint {
+            addr: Some(key.remote.ip().into()),
+            port: key.remote.port(),
+        };
+        socket.connect(cx, remote, local).ok()?;
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        Some(GuestSocket { set, handle })
     }
 
     pub fn socket(&mut self) -> &mut tcp::Socket<'static> {

@@ -274,8 +274,12 @@ fn disabled_dns_gets_no_answer_at_all() {
         ..NetConfig::default()
     });
     let dns = Ipv4Addr::new(10, 0, 2, 3);
-    let verdict = feed(&mut stack, &udp_datagram(dns, 53, b"query"));
-    assert_eq!(verdict, Ingress::Dropped(DropReason::Disabled));
+    // A datagram is refused where it would open a NAT flow (it could answer a forward).
+    let Ingress::Udp { key } = feed(&mut stack, &udp_datagram(dns, 53, b"query")) else {
+        panic!("expected a UDP verdict");
+    };
+    assert!(stack.refuse_datagram_by_policy(key));
+    assert_eq!(stack.counters.drops(DropReason::Disabled), 1);
     let syn = tcp_segment(dns, 53, TcpFlags::SYN, 1, 0);
     assert_eq!(
         feed(&mut stack, &syn),

@@ -7,8 +7,10 @@
 
 pub mod ifconfig;
 pub mod netns;
+pub mod nshelper;
 pub mod process;
 pub mod socket;
+pub mod splice;
 pub mod tap;
 
 use std::io;

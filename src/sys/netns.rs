@@ -43,13 +43,13 @@ impl NsTarget {
     }
 }
 
-fn open_ns(path: &Path) -> Result<File> {
+pub(super) fn open_ns(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| SysError::io(path.display().to_string(), e))
 }
 
 /// True when `ns` is the user namespace this process is already in (joining it again is
 /// `EINVAL`, and happens under `nsenter -U` or when rootlesskit runs us inside it).
-fn is_own_userns(ns: &File) -> Result<bool> {
+pub(super) fn is_own_userns(ns: &File) -> Result<bool> {
     let own = std::fs::metadata("/proc/self/ns/user")
         .map_err(|e| SysError::io("stat /proc/self/ns/user", e))?;
     let target = ns
