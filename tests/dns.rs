@@ -22,10 +22,6 @@ fn host_record(name: &str, ip: &str) -> String {
     format!("--host-record={name},{ip}")
 }
 
-fn resolv_conf_opt(path: &std::path::Path) -> String {
-    format!("--resolv-conf={}", path.display())
-}
-
 /// `dig +short` for an A record of `name` at N+3, over UDP or TCP, as a guest program.
 fn dig_short(name: &str, tcp: bool) -> Vec<String> {
     let mut v: Vec<String> = ["dig", "+short", "+time=2", "+tries=2"]
@@ -58,10 +54,8 @@ fn relayed(tcp: bool) {
         "udp.tapsplice.test"
     };
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.7")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
-    let answer = dig_in_run(&bin, &[&opt], name, tcp);
+    let rc = ResolvConf::naming(dns.addr);
+    let answer = dig_in_run(&bin, &[&rc.opt], name, tcp);
     assert_eq!(answer, ["192.0.2.7"], "answer to {name} via N+3");
     // dig may retry once when the machine is slow: at least one query, and at most two.
     let n = dns.queries_for(name);
@@ -109,14 +103,12 @@ fn dns_large_answer_truncated_over_udp_whole_over_tcp() {
         .join(" ");
     let want = Digest::of(strings.concat().as_bytes());
     let dns = Dnsmasq::on_loopback(&[format!("--txt-record={name},{}", strings.join(","))]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let script = format!(
         "dig +time=2 +tries=2 @{DNS_ADDR} {name} TXT; echo \"udp-rc=$?\"; \
          echo ===; dig +short +tcp +time=2 +tries=2 @{DNS_ADDR} {name} TXT; echo \"tcp-rc=$?\""
     );
-    let out = tapsplice_run_capture(&bin, &[&opt], &sh_script(&script, &[]), None, SHORT);
+    let out = tapsplice_run_capture(&bin, &[&rc.opt], &sh_script(&script, &[]), None, SHORT);
     out.assert_success("dig TXT in tapsplice run");
     let text = out.stdout_str();
     let (udp_part, tcp_part) = text.split_once("===\n").expect("both parts");
@@ -154,9 +146,7 @@ fn dns_nxdomain_passes_through() {
         return;
     };
     let dns = Dnsmasq::on_loopback(&[]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let argv: Vec<String> = [
         "dig",
         "+time=2",
@@ -167,7 +157,7 @@ fn dns_nxdomain_passes_through() {
     ]
     .map(String::from)
     .to_vec();
-    let out = tapsplice_run_capture(&bin, &[&opt], &argv, None, SHORT);
+    let out = tapsplice_run_capture(&bin, &[&rc.opt], &argv, None, SHORT);
     out.assert_success("dig in tapsplice run");
     assert!(
         out.stdout_str().contains("status: NXDOMAIN"),
@@ -198,12 +188,10 @@ fn dns_concurrent_queries_answered_correctly() {
         })
         .collect();
     let dns = Dnsmasq::on_loopback(&records);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let out = tapsplice_run_capture(
         &bin,
-        &[&opt],
+        &[&rc.opt],
         &python_script(PY_DNS_CONCURRENT, &[DNS_ADDR.into(), N.to_string()]),
         None,
         SHORT,
@@ -286,14 +274,11 @@ fn dns_run_rewrites_loopback_resolv_conf_and_getent_resolves() {
     };
     let name = "getent.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.11")]);
-    let dir = TempDir::new("tsdns");
-    let rc_text = format!("nameserver {}\n", dns.addr);
-    let rc = write_resolv_conf(&dir, "resolv.conf", &rc_text);
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let host_before = fs::read("/etc/resolv.conf").expect("read /etc/resolv.conf");
     let mounts_before = resolv_conf_mounts();
     let script = format!("cat /etc/resolv.conf; echo ===; getent hosts {name}; echo \"rc=$?\"");
-    let out = tapsplice_run_capture(&bin, &[&opt], &sh_script(&script, &[]), None, SHORT);
+    let out = tapsplice_run_capture(&bin, &[&rc.opt], &sh_script(&script, &[]), None, SHORT);
     out.assert_success("getent in tapsplice run");
     let text = out.stdout_str();
     let (seen_rc, getent) = text.split_once("===\n").expect("both parts");
@@ -325,8 +310,8 @@ fn dns_run_rewrites_loopback_resolv_conf_and_getent_resolves() {
         "the host's /etc/resolv.conf changed"
     );
     assert_eq!(
-        fs::read_to_string(&rc).expect("read test resolv.conf"),
-        rc_text,
+        fs::read_to_string(&rc.path).expect("read test resolv.conf"),
+        rc.text,
         "the --resolv-conf file changed"
     );
     assert_eq!(
@@ -351,18 +336,12 @@ fn dns_non_loopback_resolver_in_veth_peer() {
         53,
         &[host_record(name, "192.0.2.21")],
     );
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(
-        &dir,
-        "resolv.conf",
-        &format!("nameserver {}\n", peer.peer_ip),
-    );
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(peer.peer_ip);
     let host_rc = fs::read_to_string("/etc/resolv.conf").expect("read /etc/resolv.conf");
     // CMD only reads its resolv.conf: it must not query the host's resolver.
     let script =
         format!("cat /etc/resolv.conf; echo ===; dig +short +time=2 +tries=2 @{DNS_ADDR} {name} A");
-    let out = tapsplice_run_capture(&bin, &[&opt], &sh_script(&script, &[]), None, SHORT);
+    let out = tapsplice_run_capture(&bin, &[&rc.opt], &sh_script(&script, &[]), None, SHORT);
     out.assert_success("dig in tapsplice run");
     let text = out.stdout_str();
     let (seen_rc, answer) = text.split_once("===\n").expect("both parts");
@@ -386,9 +365,7 @@ fn dns_resolv_conf_change_picked_up_without_restart() {
     let name = "switch.tapsplice.test";
     let a = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.31")]);
     let b = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.32")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", a.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(a.addr);
     let flags = TempDir::new("tsflags");
     // Query, then for each flag: wait for it (at most 30 s), then query every 0.2 s until the
     // answer is the expected one (at most 10 s), printing the answer and the number of tries.
@@ -422,13 +399,13 @@ done
             "192.0.2.31".into(),
         ],
     );
-    let mut run = BackgroundRun::start(&bin, &[&opt], &argv);
+    let mut run = BackgroundRun::start(&bin, &[&rc.opt], &argv);
     let first = run.wait_line("the first answer", SHORT, |l| l.starts_with("first="));
     assert_eq!(first, "first=192.0.2.31", "before any change: resolver A");
 
     // In place, as an editor or `echo >` would.
     let t1 = Instant::now();
-    fs::write(&rc, format!("nameserver {}\n", b.addr)).expect("rewrite resolv.conf");
+    fs::write(&rc.path, format!("nameserver {}\n", b.addr)).expect("rewrite resolv.conf");
     fs::write(flags.join("go1"), "").expect("flag go1");
     let step1 = run.wait_line("the answer after the in-place rewrite", SHORT, |l| {
         l.starts_with("step1=")
@@ -441,10 +418,10 @@ done
     );
 
     // Atomically, as resolvconf or systemd-resolved would: a new file renamed over the old.
-    let tmp = dir.join("resolv.conf.new");
+    let tmp = rc.dir.join("resolv.conf.new");
     fs::write(&tmp, format!("# switched back\nnameserver {}\n", a.addr)).expect("write new");
     let t2 = Instant::now();
-    fs::rename(&tmp, &rc).expect("rename over resolv.conf");
+    fs::rename(&tmp, &rc.path).expect("rename over resolv.conf");
     fs::write(flags.join("go2"), "").expect("flag go2");
     let step2 = run.wait_line("the answer after the rename", SHORT, |l| {
         l.starts_with("step2=")
@@ -478,24 +455,22 @@ fn dns_upstream_option_overrides_resolv_conf() {
     let addr = unique_loopback_addr();
     let port = free_udp_tcp_port(addr);
     let on_port = Dnsmasq::start(None, addr, port, &[host_record(name, "192.0.2.43")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", in_rc.addr));
-    let rc_opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(in_rc.addr);
 
     let up = format!("--dns-upstream={}", on_53.addr);
     assert_eq!(
-        dig_in_run(&bin, &[&rc_opt, &up], name, false),
+        dig_in_run(&bin, &[&rc.opt, &up], name, false),
         ["192.0.2.42"],
         "{up} (UDP)"
     );
     let up = format!("--dns-upstream={}:{port}", on_port.addr);
     assert_eq!(
-        dig_in_run(&bin, &[&rc_opt, &up], name, false),
+        dig_in_run(&bin, &[&rc.opt, &up], name, false),
         ["192.0.2.43"],
         "{up} (UDP)"
     );
     assert_eq!(
-        dig_in_run(&bin, &[&rc_opt, &up], name, true),
+        dig_in_run(&bin, &[&rc.opt, &up], name, true),
         ["192.0.2.43"],
         "{up} (TCP)"
     );
@@ -518,12 +493,10 @@ fn dns_works_with_disable_host_loopback() {
     };
     let name = "noloop.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.51")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     for tcp in [false, true] {
         assert_eq!(
-            dig_in_run(&bin, &["--disable-host-loopback", &opt], name, tcp),
+            dig_in_run(&bin, &["--disable-host-loopback", &rc.opt], name, tcp),
             ["192.0.2.51"],
             "with --disable-host-loopback, tcp={tcp}"
         );
@@ -539,9 +512,7 @@ fn dns_disable_dns_gives_no_answer() {
     };
     let name = "disabled.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.61")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let script = format!(
         "for mode in +notcp +tcp; do \
            t0=$(date +%s%N); \
@@ -553,7 +524,7 @@ fn dns_disable_dns_gives_no_answer() {
     );
     let out = tapsplice_run_capture(
         &bin,
-        &["--disable-dns", &opt],
+        &["--disable-dns", &rc.opt],
         &sh_script(&script, &[]),
         None,
         SHORT,
@@ -611,8 +582,7 @@ fn dns_default_reads_etc_resolv_conf() {
     }
     let name = "default.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.71")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
+    let rc = ResolvConf::naming(dns.addr);
     let script = format!(
         "cat /etc/resolv.conf; echo ===; getent hosts {name}; \
          dig +short +tcp +time=2 +tries=2 @{DNS_ADDR} {name} A"
@@ -621,7 +591,7 @@ fn dns_default_reads_etc_resolv_conf() {
     cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
         .arg(r#"mount --bind "$1" /etc/resolv.conf || exit 99; shift; exec "$@""#)
         .arg("sh")
-        .arg(&rc)
+        .arg(&rc.path)
         .arg(&bin)
         .arg("run")
         .arg("--")
@@ -670,16 +640,14 @@ fn dns_rootless_run_resolves_through_loopback_resolver() {
     }
     let name = "rootless.tapsplice.test";
     let dns = Dnsmasq::on_loopback(&[host_record(name, "192.0.2.81")]);
-    let dir = TempDir::new("tsdns");
-    let rc = write_resolv_conf(&dir, "resolv.conf", &format!("nameserver {}\n", dns.addr));
-    let opt = resolv_conf_opt(&rc);
+    let rc = ResolvConf::naming(dns.addr);
     let host_before = fs::read("/etc/resolv.conf").expect("read /etc/resolv.conf");
     let script = format!(
         "cat /etc/resolv.conf; echo ===; getent hosts {name}; \
          dig +short +time=2 +tries=2 @{DNS_ADDR} {name} A; \
          dig +short +tcp +time=2 +tries=2 @{DNS_ADDR} {name} A"
     );
-    let out = env.tapsplice_run(&[&opt], &sh_script(&script, &[]), SHORT);
+    let out = env.tapsplice_run(&[&rc.opt], &sh_script(&script, &[]), SHORT);
     out.assert_success("rootless tapsplice run with DNS");
     let text = out.stdout_str();
     let (seen_rc, rest) = text.split_once("===\n").expect("both parts");

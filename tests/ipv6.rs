@@ -17,9 +17,8 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -431,68 +430,33 @@ fn disable_host_loopback_fd00_2_enetunreach() {
 
 /// dnsmasq inside the isolated host namespace on `listen` port 53, answering only
 /// `dual.tapsplice.test` (A 192.0.2.7, AAAA 2001:db8::7; documentation addresses, never
-/// contacted). Returns once it answers.
-fn isolated_dnsmasq(host: &NetnsFixture, listen: &str, dir: &TempDir) -> Child {
-    let dnsmasq = find_tool("dnsmasq").expect("dnsmasq");
-    let args: Vec<String> = vec![
-        s("--keep-in-foreground"),
-        s("--conf-file=/dev/null"),
-        s("--no-resolv"),
-        s("--no-hosts"),
-        s("--no-poll"),
-        s("--bind-interfaces"),
-        format!("--listen-address={listen}"),
-        s("--port=53"),
-        format!("--pid-file={}", dir.join("pid").display()),
-        s("--log-queries"),
-        format!("--log-facility={}", dir.join("queries.log").display()),
-        s("--cache-size=0"),
-        s("--local=/tapsplice.test/"),
-        s("--host-record=dual.tapsplice.test,192.0.2.7,2001:db8::7"),
-    ];
-    let mut cmd = host.exec(&dnsmasq.to_string_lossy(), &args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    let mut child = Child::spawn_logged(
-        &format!("dnsmasq on {listen} in the isolated host"),
-        &mut cmd,
-        dir.join("stderr"),
-    );
-    wait_for(
-        Duration::from_secs(15),
-        &format!("dnsmasq to answer on {listen}:53 in the isolated host"),
-        || {
-            if let Some(st) = child.try_status() {
-                panic!("dnsmasq exited ({}): {}", describe_status(st), child.log());
-            }
-            let c = run_capture(
-                "dig readiness probe",
-                &mut host.exec(
-                    "dig",
-                    &[
-                        s("+short"),
-                        s("+time=1"),
-                        s("+tries=1"),
-                        format!("@{listen}"),
-                        s("dual.tapsplice.test"),
-                        s("A"),
-                    ],
-                ),
-                None,
-                SHORT,
-            );
-            c.status.success() && c.stdout_str().trim() == "192.0.2.7"
-        },
-    );
-    child
+/// contacted). Returns once it answers `dig` in that namespace.
+fn isolated_dnsmasq(host: &NetnsFixture, listen: IpAddr) -> Dnsmasq {
+    let records = [s("--host-record=dual.tapsplice.test,192.0.2.7,2001:db8::7")];
+    Dnsmasq::start_probed(Some(host), listen, 53, &records, || {
+        let c = run_capture(
+            "dig readiness probe",
+            &mut host.exec(
+                "dig",
+                &[
+                    s("+short"),
+                    s("+time=1"),
+                    s("+tries=1"),
+                    format!("@{listen}"),
+                    s("dual.tapsplice.test"),
+                    s("A"),
+                ],
+            ),
+            None,
+            SHORT,
+        );
+        c.status.success() && c.stdout_str().trim() == "192.0.2.7"
+    })
 }
 
-/// How many queries for `dual.tapsplice.test` the dnsmasq of `dir` logged, by type.
-fn logged_queries(dir: &TempDir, qtype: &str) -> usize {
-    std::fs::read_to_string(dir.join("queries.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&format!("query[{qtype}] dual.tapsplice.test from ")))
-        .count()
+/// How many queries of `qtype` for `dual.tapsplice.test` `dnsmasq` logged.
+fn logged_queries(dnsmasq: &Dnsmasq, qtype: &str) -> usize {
+    dnsmasq.queries_of(qtype, "dual.tapsplice.test")
 }
 
 const DIG_SCRIPT: &str = r#"wait_slaac
@@ -523,8 +487,7 @@ fn dns_at_fd00_3_relayed_to_ipv4_loopback_resolver() {
         return;
     };
     let host = NetnsFixture::new();
-    let dir = TempDir::new("tsdns6");
-    let dnsmasq = isolated_dnsmasq(&host, "127.0.0.1", &dir);
+    let dnsmasq = isolated_dnsmasq(&host, Ipv4Addr::LOCALHOST.into());
     let out = run6_isolated(
         &bin,
         &host,
@@ -534,11 +497,11 @@ fn dns_at_fd00_3_relayed_to_ipv4_loopback_resolver() {
     );
     assert_dig_answers(&out);
     assert!(
-        logged_queries(&dir, "AAAA") >= 2,
+        logged_queries(&dnsmasq, "AAAA") >= 2,
         "resolver log lacks the AAAA queries"
     );
     assert!(
-        logged_queries(&dir, "A") >= 1,
+        logged_queries(&dnsmasq, "A") >= 1,
         "resolver log lacks the A query"
     );
     drop(dnsmasq);
@@ -551,8 +514,7 @@ fn dns_relayed_to_ipv6_loopback_resolver() {
         return;
     };
     let host = NetnsFixture::new();
-    let dir = TempDir::new("tsdns6");
-    let dnsmasq = isolated_dnsmasq(&host, "::1", &dir);
+    let dnsmasq = isolated_dnsmasq(&host, Ipv6Addr::LOCALHOST.into());
     for server in [DNS6, DNS_ADDR] {
         let out = run6_isolated(
             &bin,
@@ -564,7 +526,7 @@ fn dns_relayed_to_ipv6_loopback_resolver() {
         assert_dig_answers(&out);
     }
     assert!(
-        logged_queries(&dir, "AAAA") >= 4,
+        logged_queries(&dnsmasq, "AAAA") >= 4,
         "resolver log lacks AAAA queries"
     );
     drop(dnsmasq);

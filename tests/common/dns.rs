@@ -2,7 +2,7 @@
 //! files.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -123,7 +123,7 @@ fn parse_dns_a(m: &[u8]) -> Option<DnsReply> {
 /// address and port (`--bind-interfaces`), on the host or inside a test namespace. Started in the
 /// foreground by its PID and killed on drop.
 pub struct Dnsmasq {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     child: Child,
     dir: TempDir,
@@ -135,12 +135,34 @@ impl Dnsmasq {
         Dnsmasq::start(None, unique_loopback_addr(), 53, records)
     }
 
-    /// On `addr:port`, inside `ns` when given. Returns once it answers a query.
+    /// On `addr:port`, inside `ns` when given (an address the host reaches). Returns once it
+    /// answers a query from the host.
     pub fn start(
         ns: Option<&NetnsFixture>,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         records: &[String],
+    ) -> Dnsmasq {
+        let addr = addr.into();
+        let server = SocketAddr::from((addr, port));
+        Dnsmasq::start_probed(ns, addr, port, records, || {
+            dns_query_a(
+                server,
+                "ready-probe.tapsplice.test",
+                Duration::from_millis(200),
+            )
+            .is_some()
+        })
+    }
+
+    /// Like [`Dnsmasq::start`], ready once `probe` says it answers (for an address the host
+    /// cannot reach, e.g. a namespace's own loopback). Waits 15 s at most.
+    pub fn start_probed(
+        ns: Option<&NetnsFixture>,
+        addr: IpAddr,
+        port: u16,
+        records: &[String],
+        mut probe: impl FnMut() -> bool,
     ) -> Dnsmasq {
         let dnsmasq = find_tool("dnsmasq")
             .expect("dnsmasq not installed (check require_tool(\"dnsmasq\") first)");
@@ -187,12 +209,7 @@ impl Dnsmasq {
                         child.log()
                     );
                 }
-                dns_query_a(
-                    server,
-                    "ready-probe.tapsplice.test",
-                    Duration::from_millis(200),
-                )
-                .is_some()
+                probe()
             },
         );
         Dnsmasq {
@@ -218,16 +235,44 @@ impl Dnsmasq {
             .count()
     }
 
+    /// How many queries of type `qtype` (e.g. `AAAA`) for exactly `name` it has logged.
+    pub fn queries_of(&self, qtype: &str, name: &str) -> usize {
+        let needle = format!("query[{qtype}] {name} from ");
+        self.query_log()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.pid()
     }
 }
 
-/// A file written with `contents`, for `--resolv-conf`; lives in `dir`.
-pub fn write_resolv_conf(dir: &TempDir, name: &str, contents: &str) -> PathBuf {
-    let p = dir.join(name);
-    fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-    p
+/// A resolv.conf naming one nameserver, in a temp dir of its own, for `--resolv-conf`.
+pub struct ResolvConf {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    /// What it was written with: `nameserver SERVER` and a newline.
+    pub text: String,
+    /// `--resolv-conf=PATH`.
+    pub opt: String,
+}
+
+impl ResolvConf {
+    pub fn naming(server: impl std::fmt::Display) -> ResolvConf {
+        let dir = TempDir::new("tsdns");
+        let path = dir.join("resolv.conf");
+        let text = format!("nameserver {server}\n");
+        fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let opt = format!("--resolv-conf={}", path.display());
+        ResolvConf {
+            dir,
+            path,
+            text,
+            opt,
+        }
+    }
 }
 
 /// The lines of `/proc/self/mountinfo` that mention `resolv.conf` (to check that nothing leaks
