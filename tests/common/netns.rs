@@ -68,38 +68,19 @@ impl Drop for NetnsFixture {
     }
 }
 
-/// A "remote" host: a namespace of its own reached from the host netns over a veth pair in
-/// 10.201.X.Y/30 (never overlapping 10.0.2.0/24). The host end is deleted on drop, then the
-/// namespace. Drop any process running in it before this.
-pub struct VethPeer {
-    host_if: String,
-    /// Address of the host end.
-    pub host_ip: Ipv4Addr,
-    /// Address of the peer end, inside [`VethPeer::ns`].
-    pub peer_ip: Ipv4Addr,
-    pub ns: NetnsFixture,
+/// The host end of a veth pair whose other end is in a test namespace: deleted (and with it the
+/// other end) on drop.
+struct HostVeth {
+    name: String,
 }
 
-impl VethPeer {
-    pub fn new() -> VethPeer {
-        let ns = NetnsFixture::new();
-        let n = next_id();
+impl HostVeth {
+    /// `ip link add HOST type veth peer name PEER netns NS`, the names being the prefixes with
+    /// the process id and `n`. Returns the host end and the peer end's name.
+    fn add(ns: &NetnsFixture, host_prefix: &str, peer_prefix: &str, n: u32) -> (HostVeth, String) {
         let tag = format!("{:x}{:x}", std::process::id(), n);
-        let host_if = format!("tsh{tag}");
-        let peer_if = format!("tsp{tag}");
+        let (host_if, peer_if) = (format!("{host_prefix}{tag}"), format!("{peer_prefix}{tag}"));
         assert!(host_if.len() <= 15, "interface name {host_if} too long");
-        let used = sh_ok("ip", &["-4", "-o", "addr", "show"]).stdout_str();
-        let (host_ip, peer_ip) = (0..64u32)
-            .map(|attempt| {
-                let idx = (std::process::id().wrapping_mul(64) + n * 7 + attempt * 131) % 16384;
-                let (a, b) = ((idx / 64) as u8, ((idx % 64) * 4) as u8);
-                (
-                    Ipv4Addr::new(10, 201, a, b + 1),
-                    Ipv4Addr::new(10, 201, a, b + 2),
-                )
-            })
-            .find(|(h, p)| !used.contains(&format!(" {h}/")) && !used.contains(&format!(" {p}/")))
-            .expect("no free 10.201.x.y/30 subnet among 64 candidates");
         sh_ok(
             "ip",
             &[
@@ -115,9 +96,52 @@ impl VethPeer {
                 ns.name(),
             ],
         );
-        // From here on, Drop removes the link.
+        (HostVeth { name: host_if }, peer_if)
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A "remote" host: a namespace of its own reached from the host netns over a veth pair in
+/// 10.201.X.Y/30 (never overlapping 10.0.2.0/24). The host end is deleted on drop, then the
+/// namespace. Drop any process running in it before this.
+pub struct VethPeer {
+    /// Dropped before `ns`.
+    host: HostVeth,
+    /// Address of the host end.
+    pub host_ip: Ipv4Addr,
+    /// Address of the peer end, inside [`VethPeer::ns`].
+    pub peer_ip: Ipv4Addr,
+    pub ns: NetnsFixture,
+}
+
+impl VethPeer {
+    pub fn new() -> VethPeer {
+        let ns = NetnsFixture::new();
+        let n = next_id();
+        let used = sh_ok("ip", &["-4", "-o", "addr", "show"]).stdout_str();
+        let (host_ip, peer_ip) = (0..64u32)
+            .map(|attempt| {
+                let idx = (std::process::id().wrapping_mul(64) + n * 7 + attempt * 131) % 16384;
+                let (a, b) = ((idx / 64) as u8, ((idx % 64) * 4) as u8);
+                (
+                    Ipv4Addr::new(10, 201, a, b + 1),
+                    Ipv4Addr::new(10, 201, a, b + 2),
+                )
+            })
+            .find(|(h, p)| !used.contains(&format!(" {h}/")) && !used.contains(&format!(" {p}/")))
+            .expect("no free 10.201.x.y/30 subnet among 64 candidates");
+        let (host, peer_if) = HostVeth::add(&ns, "tsh", "tsp", n);
         let peer = VethPeer {
-            host_if,
+            host,
             host_ip,
             peer_ip,
             ns,
@@ -129,10 +153,10 @@ impl VethPeer {
                 "add",
                 &format!("{host_ip}/30"),
                 "dev",
-                &peer.host_if,
+                peer.host_if(),
             ],
         );
-        sh_ok("ip", &["link", "set", &peer.host_if, "up"]);
+        sh_ok("ip", &["link", "set", peer.host_if(), "up"]);
         peer.ns
             .ip(&["addr", "add", &format!("{peer_ip}/30"), "dev", &peer_if]);
         peer.ns.ip(&["link", "set", &peer_if, "up"]);
@@ -140,23 +164,13 @@ impl VethPeer {
     }
 
     pub fn host_if(&self) -> &str {
-        &self.host_if
+        &self.host.name
     }
 }
 
 impl Default for VethPeer {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for VethPeer {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -189,7 +203,8 @@ impl Drop for SysctlGuard {
 /// duplicate address detection is off on both ends, so no address is ever tentative. The host
 /// end (and with it the peer end) is deleted on drop, then the namespace.
 pub struct DualStackPeer {
-    host_if: String,
+    /// Dropped before `ns`.
+    host: HostVeth,
     pub peer_if: String,
     /// The host end's IPv4 addresses, in the order they were added.
     pub host4: Vec<Ipv4Addr>,
@@ -215,10 +230,6 @@ impl DualStackPeer {
         );
         let ns = NetnsFixture::new();
         let n = next_id();
-        let tag = format!("{:x}{:x}", std::process::id(), n);
-        let host_if = format!("tsd{tag}");
-        let peer_if = format!("tse{tag}");
-        assert!(host_if.len() <= 15, "interface name {host_if} too long");
         let used = format!(
             "{}\n{}",
             sh_ok("ip", &["-o", "addr", "show"]).stdout_str(),
@@ -239,24 +250,9 @@ impl DualStackPeer {
             .expect("no free 10.202.X.0/24 and fd42:X:Y::/64 among 64 candidates");
         let v4 = |last: u8| Ipv4Addr::new(10, 202, a, last);
         let v6 = |last: u16| Ipv6Addr::new(0xfd42, x, y, 0, 0, 0, 0, last);
-        sh_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer_if,
-                "netns",
-                ns.name(),
-            ],
-        );
-        // From here on, Drop removes the link.
+        let (host, peer_if) = HostVeth::add(&ns, "tsd", "tse", n);
         let peer = DualStackPeer {
-            host_if,
+            host,
             peer_if,
             host4: host4.iter().map(|&l| v4(l)).collect(),
             peer4: v4(2),
@@ -266,7 +262,7 @@ impl DualStackPeer {
             prefix6: format!("fd42:{x:x}:{y:x}::/64"),
             ns,
         };
-        let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", peer.host_if);
+        let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", peer.host_if());
         fs::write(&dad, "0").unwrap_or_else(|e| panic!("write 0 to {dad}: {e}"));
         let c = run_capture(
             "accept_dad=0 in the peer namespace",
@@ -286,7 +282,7 @@ impl DualStackPeer {
         for addr in &peer.host4 {
             sh_ok(
                 "ip",
-                &["addr", "add", &format!("{addr}/24"), "dev", &peer.host_if],
+                &["addr", "add", &format!("{addr}/24"), "dev", peer.host_if()],
             );
         }
         for addr in &peer.host6 {
@@ -298,12 +294,12 @@ impl DualStackPeer {
                     "add",
                     &format!("{addr}/64"),
                     "dev",
-                    &peer.host_if,
+                    peer.host_if(),
                     "nodad",
                 ],
             );
         }
-        sh_ok("ip", &["link", "set", &peer.host_if, "up"]);
+        sh_ok("ip", &["link", "set", peer.host_if(), "up"]);
         peer.ns.ip(&[
             "addr",
             "add",
@@ -325,7 +321,7 @@ impl DualStackPeer {
     }
 
     pub fn host_if(&self) -> &str {
-        &self.host_if
+        &self.host.name
     }
 
     /// The source address the host's routing picks towards `dest` (`ip route get`).
@@ -337,15 +333,5 @@ impl DualStackPeer {
             .and_then(|_| words.next())
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no src in `ip route get {dest}`: {out}"))
-    }
-}
-
-impl Drop for DualStackPeer {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
