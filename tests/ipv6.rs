@@ -465,6 +465,13 @@ dig +short +tcp +time=2 +tries=1 @"$1" dual.tapsplice.test AAAA | sed 's/^/tcp-a
 dig +short +time=2 +tries=1 @"$1" dual.tapsplice.test A | sed 's/^/udp-a /'
 "#;
 
+/// Runs [`DIG_SCRIPT`] against `server` in `tapsplice run -6 UPSTREAM` in the isolated host
+/// namespace and checks the answers.
+fn dig_isolated(bin: &Path, host: &NetnsFixture, upstream: &str, server: &str) {
+    let out = run6_isolated(bin, host, &[upstream], DIG_SCRIPT, &[s(server)]);
+    assert_dig_answers(&out);
+}
+
 fn assert_dig_answers(out: &str) {
     for (tag, want) in [
         ("udp-aaaa", "2001:db8::7"),
@@ -488,14 +495,7 @@ fn dns_at_fd00_3_relayed_to_ipv4_loopback_resolver() {
     };
     let host = NetnsFixture::new();
     let dnsmasq = isolated_dnsmasq(&host, Ipv4Addr::LOCALHOST.into());
-    let out = run6_isolated(
-        &bin,
-        &host,
-        &["--dns-upstream=127.0.0.1"],
-        DIG_SCRIPT,
-        &[s(DNS6)],
-    );
-    assert_dig_answers(&out);
+    dig_isolated(&bin, &host, "--dns-upstream=127.0.0.1", DNS6);
     assert!(
         logged_queries(&dnsmasq, "AAAA") >= 2,
         "resolver log lacks the AAAA queries"
@@ -516,14 +516,7 @@ fn dns_relayed_to_ipv6_loopback_resolver() {
     let host = NetnsFixture::new();
     let dnsmasq = isolated_dnsmasq(&host, Ipv6Addr::LOCALHOST.into());
     for server in [DNS6, DNS_ADDR] {
-        let out = run6_isolated(
-            &bin,
-            &host,
-            &["--dns-upstream=[::1]:53"],
-            DIG_SCRIPT,
-            &[s(server)],
-        );
-        assert_dig_answers(&out);
+        dig_isolated(&bin, &host, "--dns-upstream=[::1]:53", server);
     }
     assert!(
         logged_queries(&dnsmasq, "AAAA") >= 4,

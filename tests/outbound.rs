@@ -239,14 +239,7 @@ fn main_mode_exit_fd_write_end_closed_exits_0() {
         "exited before its exit fd was closed"
     );
     main.close_exit_fd();
-    let status = main.child.wait_deadline(Duration::from_secs(10));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "after the exit fd closed: {}\n{}",
-        describe_status(status),
-        main.child.log()
-    );
+    main.assert_exits_with(0, Duration::from_secs(10), "after the exit fd closed");
 }
 
 // (h)
@@ -256,14 +249,7 @@ fn main_mode_exit_fd_not_open_exits_0() {
     let ns = NetnsFixture::new();
     // SlirpProcess::start asserts it got ready first.
     let mut main = SlirpProcess::start(&bin, &ns, &["-c", "-e", "99"]);
-    let status = main.child.wait_deadline(Duration::from_secs(10));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "with -e 99 (not open): {}\n{}",
-        describe_status(status),
-        main.child.log()
-    );
+    main.assert_exits_with(0, Duration::from_secs(10), "with -e 99 (not open)");
 }
 
 // (i)

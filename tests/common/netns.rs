@@ -60,12 +60,17 @@ impl Default for NetnsFixture {
 
 impl Drop for NetnsFixture {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        ip_quietly(&["netns", "del", &self.name]);
     }
+}
+
+/// `ip ARGS...` for clean-up: output and outcome ignored.
+fn ip_quietly(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The host end of a veth pair whose other end is in a test namespace: deleted (and with it the
@@ -102,11 +107,7 @@ impl HostVeth {
 
 impl Drop for HostVeth {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        ip_quietly(&["link", "del", &self.name]);
     }
 }
 

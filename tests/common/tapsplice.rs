@@ -173,6 +173,19 @@ impl SlirpProcess {
         self.child.log()
     }
 
+    /// Waits (at most `deadline`) for the process to exit; panics (with the log) unless it exits
+    /// with `code`. `when` says what led to the exit.
+    pub fn assert_exits_with(&mut self, code: i32, deadline: Duration, when: &str) {
+        let status = self.child.wait_deadline(deadline);
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{when}: {}\n{}",
+            describe_status(status),
+            self.child.log()
+        );
+    }
+
     /// Closes the write end of the pipe on fd 4 (what `-e 4` watches).
     pub fn close_exit_fd(&mut self) {
         drop(self.exit_w.take());
