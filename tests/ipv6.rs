@@ -82,9 +82,17 @@ fn slaac_addr(out: &str) -> Ipv6Addr {
 
 /// A python server of [`PY_NET`] in the veth peer; returns it with the port it printed.
 fn peer_server(peer: &DualStackPeer, mode: &str, args: &[String]) -> (LineChild, u16) {
-    let mut c = py_net_child(&format!("{mode} in the peer"), Some(&peer.ns), mode, args);
-    let port = c.wait_port(SHORT);
-    (c, port)
+    py_net_server(&format!("{mode} in the peer"), Some(&peer.ns), mode, args)
+}
+
+/// A `udp_server` of [`PY_NET`] on the host's [::1]; returns it with its port.
+fn udp_server_on_ipv6_loopback() -> (LineChild, u16) {
+    py_net_server(
+        "udp_server on [::1]",
+        None,
+        "udp_server",
+        &[s("::1"), s(20)],
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,13 +303,7 @@ fn gateway_fd00_2_reaches_host_ipv6_loopback() {
     let len = 4 * MIB;
     let (up_seed, down_seed, udp_seed) = (621, 622, 623);
     let server = TestServer::start_on("[::1]:0".parse().unwrap(), down_seed, len);
-    let mut udp = py_net_child(
-        "udp_server on [::1]",
-        None,
-        "udp_server",
-        &[s("::1"), s(20)],
-    );
-    let udp_port = udp.wait_port(SHORT);
+    let (mut udp, udp_port) = udp_server_on_ipv6_loopback();
     let sizes = [10usize, 1000, 1452];
     let out = run6(
         &bin,
@@ -380,13 +382,7 @@ fn gateway_fd00_2_closed_ports_are_refused() {
 fn disable_host_loopback_fd00_2_enetunreach() {
     let Some(bin) = prereqs(&[]) else { return };
     let server = TestServer::start_on("[::1]:0".parse().unwrap(), 641, 100);
-    let mut udp = py_net_child(
-        "udp_server on [::1]",
-        None,
-        "udp_server",
-        &[s("::1"), s(20)],
-    );
-    let udp_port = udp.wait_port(SHORT);
+    let (mut udp, udp_port) = udp_server_on_ipv6_loopback();
     let out = run6(
         &bin,
         &["--disable-host-loopback"],

@@ -39,21 +39,8 @@ struct PeerServers {
 
 impl PeerServers {
     fn start(peer: &DualStackPeer, ip: IpAddr, down_seed: u64, icmp: bool) -> PeerServers {
-        let mut tcp = py_net_child(
-            &format!("tcp_server on {ip} in the peer"),
-            Some(&peer.ns),
-            "tcp_server",
-            &[s(ip), s(TCP_LEN), s(down_seed), s(1)],
-        );
-        let tcp_port = tcp.wait_port(SHORT);
-        let mut udp = py_net_child(
-            &format!("udp_server on {ip} in the peer"),
-            Some(&peer.ns),
-            "udp_server",
-            &[s(ip), s(20)],
-        );
-        let udp_port = udp.wait_port(SHORT);
-        let icmp = icmp.then(|| {
+        let mut servers = PeerServers::start_in(Some(&peer.ns), ip, down_seed);
+        servers.icmp = icmp.then(|| {
             let family = if ip.is_ipv6() { "6" } else { "4" };
             let mut w = py_net_child(
                 "icmp_watch in the peer",
@@ -64,12 +51,30 @@ impl PeerServers {
             w.wait_json("the raw socket to be ready", SHORT, |j| j.has("ready"));
             w
         });
+        servers
+    }
+
+    /// The TCP and UDP servers on `ip`, in `ns` (the peer's) or on the host when None.
+    fn start_in(ns: Option<&NetnsFixture>, ip: IpAddr, down_seed: u64) -> PeerServers {
+        let place = if ns.is_some() { " in the peer" } else { "" };
+        let (tcp, tcp_port) = py_net_server(
+            &format!("tcp_server on {ip}{place}"),
+            ns,
+            "tcp_server",
+            &[s(ip), s(TCP_LEN), s(down_seed), s(1)],
+        );
+        let (udp, udp_port) = py_net_server(
+            &format!("udp_server on {ip}{place}"),
+            ns,
+            "udp_server",
+            &[s(ip), s(20)],
+        );
         PeerServers {
             tcp,
             tcp_port,
             udp,
             udp_port,
-            icmp,
+            icmp: None,
         }
     }
 
@@ -340,31 +345,12 @@ fn outbound_addr_not_used_towards_loopback() {
         .iter()
         .enumerate()
     {
-        let mut tcp = py_net_child(
-            &format!("tcp_server on {listen}"),
-            None,
-            "tcp_server",
-            &[s(listen), s(TCP_LEN), s(742 + 10 * i as u64), s(1)],
-        );
-        let tcp_port = tcp.wait_port(SHORT);
-        let mut udp = py_net_child(
-            &format!("udp_server on {listen}"),
-            None,
-            "udp_server",
-            &[s(listen), s(20)],
-        );
-        let udp_port = udp.wait_port(SHORT);
-        let srv = PeerServers {
-            tcp,
-            tcp_port,
-            udp,
-            udp_port,
-            icmp: None,
-        };
+        let listen: IpAddr = listen.parse().unwrap();
+        let srv = PeerServers::start_in(None, listen, 742 + 10 * i as u64);
         let dest: IpAddr = dest.parse().unwrap();
         let prefix = if i == 0 { "v4" } else { "v6" };
         args.extend(guest_args(dest, &srv, 741 + 10 * i as u64, prefix));
-        servers.push((srv, listen.parse::<IpAddr>().unwrap(), prefix, i as u64));
+        servers.push((srv, listen, prefix, i as u64));
     }
     let o4 = format!("--outbound-addr={bound4}");
     let o6 = format!("--outbound-addr6={bound6}");

@@ -238,13 +238,12 @@ fn udp_echo_veth_peer() {
     let seed = 111;
     let peer = VethPeer::new();
     let peer_ip = peer.peer_ip.to_string();
-    let mut server = py_net_child(
+    let (mut server, port) = py_net_server(
         "UDP echo server in the peer namespace",
         Some(&peer.ns),
         "udp_server",
         &[s(&peer_ip), s(60), s(SIZES_1500.len())],
     );
-    let port = server.wait_port(SHORT);
 
     let argv = with_python(echo_args(&peer_ip, port, seed, SIZES_1500));
     let out = tapsplice_run_capture(&bin, &[], &argv, None, SHORT);

@@ -570,6 +570,19 @@ pub fn py_net_child(
     LineChild::spawn(what, &mut cmd)
 }
 
+/// [`py_net_child`] for a server (`tcp_server`, `udp_server`) that prints its port first;
+/// returns it with that port (waiting 30 s at most).
+pub fn py_net_server(
+    what: &str,
+    ns: Option<&NetnsFixture>,
+    mode: &str,
+    args: &[String],
+) -> (LineChild, u16) {
+    let mut c = py_net_child(what, ns, mode, args);
+    let port = c.wait_port(Duration::from_secs(30));
+    (c, port)
+}
+
 /// Waits (at most `deadline`) for a [`PY_NET`] `udp_server`'s reports of the datagrams of `seed`
 /// and `sizes` and checks them: one each, in order, each of its size and content, each from
 /// `from`. `at` names the server in messages. Returns the digest of those datagrams.
