@@ -11,4 +11,4 @@ pub mod forward; // port forwards, the slirp4netns API socket, the splice fast p
 pub mod launch; // attach to a namespace or create one, then run the loop
 pub mod stack; // sans-IO guest-facing TCP/IP on smoltcp
 pub mod stats; // counters and drop reasons
-pub mod sys; // syscalls and all unsafe code: TAP, namespaces, ifconfig, processes
+pub mod sys; // every raw syscall, and the only code exempt from the crate-wide safety lint

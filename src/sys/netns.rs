@@ -43,19 +43,66 @@ impl NsTarget {
     }
 }
 
-pub(super) fn open_ns(path: &Path) -> Result<File> {
+fn open_ns(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| SysError::io(path.display().to_string(), e))
 }
 
 /// True when `ns` is the user namespace this process is already in (joining it again is
 /// `EINVAL`, and happens under `nsenter -U` or when rootlesskit runs us inside it).
-pub(super) fn is_own_userns(ns: &File) -> Result<bool> {
+fn is_own_userns(ns: &File) -> Result<bool> {
     let own = std::fs::metadata("/proc/self/ns/user")
         .map_err(|e| SysError::io("stat /proc/self/ns/user", e))?;
     let target = ns
         .metadata()
         .map_err(|e| SysError::io("stat user namespace", e))?;
     Ok(own.dev() == target.dev() && own.ino() == target.ino())
+}
+
+/// The target's namespace files, opened in the parent (so a missing one is reported there).
+pub(super) struct OpenNamespaces {
+    net: File,
+    /// `None` when no user namespace is to be joined, or it is already ours.
+    user: Option<File>,
+}
+
+impl OpenNamespaces {
+    pub(super) fn open(target: &NsTarget) -> Result<Self> {
+        let net = open_ns(&target.net)?;
+        let user = match &target.user {
+            Some(path) => {
+                let file = open_ns(path)?;
+                if is_own_userns(&file)? {
+                    None
+                } else {
+                    Some(file)
+                }
+            }
+            None => None,
+        };
+        Ok(OpenNamespaces { net, user })
+    }
+
+    /// Joins the user namespace (first: it grants the rights for the rest), then the network
+    /// namespace. Only legal in a single-threaded process, i.e. a forked helper.
+    pub(super) fn enter(&self) -> Result<()> {
+        if let Some(user) = &self.user {
+            setns(user, CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| SysError::errno("join user namespace", e))?;
+        }
+        setns(&self.net, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| SysError::errno("join network namespace", e))
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair for talking to a forked helper (close-on-exec).
+pub(super) fn helper_channel() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SysError::errno("socketpair", e))
 }
 
 /// Runs `work` inside the target namespaces in a forked helper and returns the fd it made.
@@ -65,40 +112,15 @@ pub fn open_in_namespaces(
     target: &NsTarget,
     work: impl FnOnce() -> Result<OwnedFd>,
 ) -> Result<OwnedFd> {
-    let net = open_ns(&target.net)?;
-    let user = match &target.user {
-        Some(path) => {
-            let file = open_ns(path)?;
-            if is_own_userns(&file)? {
-                None
-            } else {
-                Some(file)
-            }
-        }
-        None => None,
-    };
-    let (parent_end, child_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| SysError::errno("socketpair", e))?;
+    let namespaces = OpenNamespaces::open(target)?;
+    let (parent_end, child_end) = helper_channel()?;
 
     // SAFETY: the caller guarantees this process is single-threaded, so the child owns a
     // consistent copy of the whole address space (no lock can be held by another thread).
     match unsafe { fork() }.map_err(|e| SysError::errno("fork namespace helper", e))? {
         ForkResult::Child => {
             drop(parent_end);
-            let outcome = (|| {
-                if let Some(user) = &user {
-                    setns(user, CloneFlags::CLONE_NEWUSER)
-                        .map_err(|e| SysError::errno("join user namespace", e))?;
-                }
-                setns(&net, CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| SysError::errno("join network namespace", e))?;
-                work()
-            })();
+            let outcome = namespaces.enter().and_then(|()| work());
             let sent = match outcome {
                 Ok(fd) => send_fd(child_end.as_raw_fd(), &fd),
                 Err(err) => send_text(child_end.as_raw_fd(), &err.to_string()),

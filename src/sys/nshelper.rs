@@ -19,16 +19,15 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socket, socketpair,
+    sendmsg, socket,
 };
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 
-use super::netns::{NsTarget, is_own_userns, open_ns};
+use super::netns::{NsTarget, OpenNamespaces, helper_channel};
 use super::{Result, SysError};
 
 /// Request byte for an IPv4 TCP socket.
@@ -55,25 +54,8 @@ impl NsSocketFactory {
     ///
     /// Must be called while this process is single-threaded (the helper is a fork of it).
     pub fn spawn(target: &NsTarget) -> Result<Self> {
-        let net = open_ns(&target.net)?;
-        let user = match &target.user {
-            Some(path) => {
-                let file = open_ns(path)?;
-                if is_own_userns(&file)? {
-                    None
-                } else {
-                    Some(file)
-                }
-            }
-            None => None,
-        };
-        let (parent_end, child_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| SysError::errno("socketpair", e))?;
+        let namespaces = OpenNamespaces::open(target)?;
+        let (parent_end, child_end) = helper_channel()?;
         let parent_pid = getpid();
 
         // SAFETY: the caller guarantees this process is single-threaded, so the child owns a
@@ -91,14 +73,7 @@ impl NsSocketFactory {
                 if getppid() != parent_pid {
                     super::process::exit_now(0);
                 }
-                let joined = (|| {
-                    if let Some(user) = &user {
-                        setns(user, CloneFlags::CLONE_NEWUSER)
-                            .map_err(|e| SysError::errno("join user namespace", e))?;
-                    }
-                    setns(&net, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| SysError::errno("join network namespace", e))
-                })();
+                let joined = namespaces.enter();
                 let chan = child_end.as_raw_fd();
                 if let Err(err) = joined {
                     let _ = send_text(chan, &err.to_string());
@@ -112,7 +87,7 @@ impl NsSocketFactory {
             }
             ForkResult::Parent { child } => {
                 drop(child_end);
-                drop((net, user));
+                drop(namespaces);
                 let factory = NsSocketFactory {
                     chan: parent_end,
                     pid: child,
