@@ -1107,8 +1107,16 @@ def summarize(results):
         e["failed_runs"] = len(e["runs"]) - len(ok)
 
 
+# Programs the harness measures against but does not own: a case of theirs without a figure
+# (slirp4netns now and then takes minutes to end a reverse run through a forward) is reported
+# and marked failed in the table, but does not fail the smoke test, which checks the harness
+# and tapsplice, not other projects.
+REFERENCE_CONTENDERS = ("slirp4netns", "pasta")
+
+
 def check(results):
-    """The smoke test: every case that was not skipped produced a figure."""
+    """The smoke test: every case that was not skipped produced a figure, except cases of the
+    reference contenders, whose failures are listed only."""
     missing = [e for t in ("throughput", "latency") for e in results[t] if e["status"] not in ("ok", "skipped")]
     for e in missing:
         desc = {k: v for k, v in e.items() if k in ("contender", "path", "reverse", "streams", "mtu", "kind", "pass")}
@@ -1117,14 +1125,19 @@ def check(results):
     skipped = sum(1 for t in ("throughput", "latency") for e in results[t] if e["status"] == "skipped")
     print(f"bench: {n - skipped - len(missing)} cases with a figure, {len(missing)} without, "
           f"{skipped} skipped")
-    return not missing
+    fatal = [e for e in missing if e.get("contender") not in REFERENCE_CONTENDERS]
+    if missing and not fatal:
+        print(f"bench: all {len(missing)} cases without a figure belong to reference contenders "
+              f"({', '.join(REFERENCE_CONTENDERS)}): reported, not fatal", file=sys.stderr)
+    return not fatal
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one short run per case (< 3 min)")
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 unless every case that is not skipped produced a figure")
+                    help="exit 1 unless every case that is not skipped produced a figure "
+                         "(reference contenders' failures are only reported)")
     ap.add_argument("--only", nargs="*", choices=CONTENDERS, help="run only these contenders")
     ap.add_argument("--mtu", type=int, nargs="*", choices=MTUS, help="run only these MTUs")
     ap.add_argument("--out", default="bench-results", help="results directory")
