@@ -1,21 +1,8 @@
 //! The forwarding options: `-a/--api-socket`, `--forward-path`, and `run -p/--publish`.
 
+use super::tests::{argv, attach};
 use super::*;
 use crate::forward::Proto;
-
-fn argv(args: &[&str]) -> Vec<String> {
-    std::iter::once("tapsplice")
-        .chain(args.iter().copied())
-        .map(String::from)
-        .collect()
-}
-
-fn attach(args: &[&str]) -> AttachOptions {
-    match parse(&argv(args)) {
-        Ok(Command::Attach(opts)) => opts,
-        other => panic!("{args:?}: expected attach options, got {other:?}"),
-    }
-}
 
 fn run(args: &[&str]) -> RunOptions {
     let args: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();

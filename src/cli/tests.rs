@@ -2,21 +2,21 @@
 
 use super::*;
 
-fn argv(args: &[&str]) -> Vec<String> {
+pub(super) fn argv(args: &[&str]) -> Vec<String> {
     std::iter::once("tapsplice")
         .chain(args.iter().copied())
         .map(String::from)
         .collect()
 }
 
-fn attach(args: &[&str]) -> AttachOptions {
+pub(super) fn attach(args: &[&str]) -> AttachOptions {
     match parse(&argv(args)) {
         Ok(Command::Attach(opts)) => opts,
         other => panic!("{args:?}: expected attach options, got {other:?}"),
     }
 }
 
-fn error(args: &[&str]) -> CliError {
+pub(super) fn error(args: &[&str]) -> CliError {
     match parse(&argv(args)) {
         Err(err) => err,
         other => panic!("{args:?}: expected an error, got {other:?}"),
