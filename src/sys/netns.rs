@@ -136,7 +136,8 @@ pub fn open_in_namespaces(
     }
 }
 
-fn send_fd(sock: RawFd, fd: &OwnedFd) -> nix::Result<usize> {
+/// Sends `fd` to the other end of a helper channel (SCM_RIGHTS), with the text "ok".
+pub(super) fn send_fd(sock: RawFd, fd: &OwnedFd) -> nix::Result<usize> {
     let fds = [fd.as_raw_fd()];
     sendmsg::<()>(
         sock,
@@ -147,7 +148,8 @@ fn send_fd(sock: RawFd, fd: &OwnedFd) -> nix::Result<usize> {
     )
 }
 
-fn send_text(sock: RawFd, text: &str) -> nix::Result<usize> {
+/// Sends one text message (an error, or a status) on a helper channel.
+pub(super) fn send_text(sock: RawFd, text: &str) -> nix::Result<usize> {
     sendmsg::<()>(
         sock,
         &[IoSlice::new(text.as_bytes())],

@@ -16,18 +16,17 @@
 //! exits when that pair reaches EOF, and is killed by the kernel if tapsplice dies
 //! (`PR_SET_PDEATHSIG`).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socket,
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socket,
 };
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 
-use super::netns::{NsTarget, OpenNamespaces, helper_channel};
+use super::netns::{NsTarget, OpenNamespaces, helper_channel, send_fd, send_text};
 use super::{Result, SysError};
 
 /// Request byte for an IPv4 TCP socket.
@@ -239,25 +238,4 @@ fn close_all_but(keep: RawFd) {
             unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
         }
     }
-}
-
-fn send_fd(sock: RawFd, fd: &OwnedFd) -> nix::Result<usize> {
-    let fds = [fd.as_raw_fd()];
-    sendmsg::<()>(
-        sock,
-        &[IoSlice::new(b"ok")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-}
-
-fn send_text(sock: RawFd, text: &str) -> nix::Result<usize> {
-    sendmsg::<()>(
-        sock,
-        &[IoSlice::new(text.as_bytes())],
-        &[],
-        MsgFlags::empty(),
-        None,
-    )
 }
