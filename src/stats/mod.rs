@@ -1,7 +1,13 @@
-//! Counters of what crossed the TAP and why frames were dropped.
+//! Statistics: counters of what crossed the TAP and why frames were dropped, latency
+//! histograms of port forwards, the pcap writer, and the reports the API socket, the CLI and
+//! the metrics endpoint show.
 //!
 //! The data path never builds an error value for a bad frame: it counts a [`DropReason`]
-//! and moves on. Counting is a few integer increments, cheap enough to be always on.
+//! and moves on. Counting is a few integer increments, cheap enough to be always on; the
+//! reports are built only when someone asks.
+
+pub mod latency;
+pub mod report;
 
 /// Why a frame from the guest was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,16 +24,22 @@ pub enum DropReason {
     FlowLimit,
     /// Switched off by an option (`--disable-dns`).
     Disabled,
+    /// A TCP segment (not a SYN) of no known flow; the guest got an RST.
+    NoFlow,
+    /// A datagram that a full socket or queue could not take.
+    BufferFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::BadChecksum,
         DropReason::Unsupported,
         DropReason::NotOurs,
         DropReason::FlowLimit,
         DropReason::Disabled,
+        DropReason::NoFlow,
+        DropReason::BufferFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +50,8 @@ impl DropReason {
             DropReason::NotOurs => "not_ours",
             DropReason::FlowLimit => "flow_limit",
             DropReason::Disabled => "disabled",
+            DropReason::NoFlow => "no_flow",
+            DropReason::BufferFull => "buffer_full",
         }
     }
 }
