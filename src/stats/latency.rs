@@ -109,7 +109,11 @@ mod tests {
         }
         let s = h.summary();
         assert_eq!(s.count, 1000);
-        for (got, want) in [(s.p50_us, 500_000), (s.p90_us, 900_000), (s.p99_us, 990_000)] {
+        for (got, want) in [
+            (s.p50_us, 500_000),
+            (s.p90_us, 900_000),
+            (s.p99_us, 990_000),
+        ] {
             assert!(got.abs_diff(want) <= want / 100, "{got} vs {want}");
         }
         assert!(s.max_us.abs_diff(1_000_000) <= 10_000);
@@ -127,6 +131,10 @@ mod tests {
     #[test]
     fn a_histogram_stays_small() {
         let h = LatencyHistogram::default();
-        assert!(h.hist.distinct_values() * 4 <= 16 * 1024, "{}", h.hist.distinct_values());
+        assert!(
+            h.hist.distinct_values() * 4 <= 16 * 1024,
+            "{}",
+            h.hist.distinct_values()
+        );
     }
 }
