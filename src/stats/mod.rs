@@ -7,6 +7,7 @@
 //! reports are built only when someone asks.
 
 pub mod latency;
+pub mod pcap;
 pub mod report;
 
 /// Why a frame from the guest was not used.
