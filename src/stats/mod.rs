@@ -8,6 +8,7 @@
 
 pub mod latency;
 pub mod metrics;
+pub mod pcap;
 pub mod report;
 
 /// Why a frame from the guest was not used.

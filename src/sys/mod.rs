@@ -12,6 +12,7 @@ pub mod process;
 pub mod socket;
 pub mod splice;
 pub mod tap;
+pub mod tcp_info;
 
 use std::io;
 
