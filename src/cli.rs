@@ -11,6 +11,7 @@
 //! `--help` lists only options that work; rootlesskit and Podman switch features on by
 //! searching that text. Options land in the table together with the feature.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigError, NetConfig};
@@ -52,6 +53,10 @@ pub struct AttachOptions {
     pub api_socket: Option<PathBuf>,
     /// `--forward-path`: how forwarded TCP reaches the guest.
     pub forward_path: ForwardPath,
+    /// `--pcap`: capture the TAP's frames from the start.
+    pub pcap: Option<PathBuf>,
+    /// `--metrics`: serve Prometheus metrics here.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct RunOptions {
     pub forward_path: ForwardPath,
     /// `-p` forwards, in order.
     pub publish: Vec<PublishSpec>,
+    pub pcap: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A command line that cannot be run. `message` goes to stderr (if not empty), the usage
@@ -96,6 +103,8 @@ enum Opt {
     ApiSocket,
     ForwardPath,
     Publish,
+    Pcap,
+    Metrics,
     Debug,
     Help,
     Version,
@@ -173,6 +182,10 @@ const OPTIONS: &[OptSpec] = &[
         Some(("--udp-timeout=SECS", "idle timeout of answered UDP flows (default=120; unanswered: 30)")), true),
     spec("forward-path", None, true, Opt::ForwardPath,
         Some(("--forward-path=MODE", "how forwarded TCP reaches the guest: auto, stack or splice (default=auto)")), true),
+    spec("pcap", None, true, Opt::Pcap,
+        Some(("--pcap=FILE", "write every frame crossing the TAP to FILE (pcap format)")), true),
+    spec("metrics", None, true, Opt::Metrics,
+        Some(("--metrics=[ADDR:]PORT", "serve Prometheus metrics over HTTP (default ADDR=127.0.0.1)")), true),
     spec("debug", None, false, Opt::Debug,
         Some(("--debug", "log flows and decisions to stderr (or set RUST_LOG)")), true),
     spec("help", Some('h'), false, Opt::Help,
@@ -411,6 +424,8 @@ struct Collected {
     api_socket: Option<PathBuf>,
     forward_path: ForwardPath,
     publish: Vec<PublishSpec>,
+    pcap: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
 }
 
 /// Parses a full argv (with argv[0]).
@@ -501,9 +516,24 @@ fn collect(scanner: &mut Scanner<'_>) -> Result<Result<Collected, Command>, CliE
             Opt::Publish => c
                 .publish
                 .push(crate::forward::parse_publish(&value).map_err(|e| fail(&e))?),
+            Opt::Pcap => c.pcap = Some(PathBuf::from(value)),
+            Opt::Metrics => {
+                c.metrics = Some(
+                    parse_metrics_addr(&value)
+                        .ok_or_else(|| fail("--metrics must be [ADDR:]PORT"))?,
+                )
+            }
         }
     }
     Ok(Ok(c))
+}
+
+/// `PORT` (on 127.0.0.1), `ADDR:PORT` or `[ADDR6]:PORT`; port 0 takes a free one.
+fn parse_metrics_addr(text: &str) -> Option<SocketAddr> {
+    match text.parse::<u16>() {
+        Ok(port) => Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
+        Err(_) => text.parse().ok(),
+    }
 }
 
 fn parse_fd(text: &str) -> Option<i32> {
@@ -608,6 +638,8 @@ fn parse_attach(prog: &str, args: &[String]) -> Result<Command, CliError> {
         debug: c.debug,
         api_socket: c.api_socket,
         forward_path: c.forward_path,
+        pcap: c.pcap,
+        metrics: c.metrics,
     }))
 }
 
@@ -641,6 +673,8 @@ fn parse_run(prog: &str, args: &[String]) -> Result<Command, CliError> {
         api_socket: c.api_socket,
         forward_path: c.forward_path,
         publish: c.publish,
+        pcap: c.pcap,
+        metrics: c.metrics,
     }))
 }
 

@@ -20,6 +20,7 @@ use crate::config::NetConfig;
 use crate::flow::FlowTable;
 use crate::forward::{self, ForwardError, ForwardSetup, Forwarder};
 use crate::stack::{Ingress, Stack};
+use crate::stats::pcap::{Capturer, PcapOptions};
 use crate::sys::process::IsolatedChild;
 
 const TAP: Token = Token(0);
@@ -76,6 +77,8 @@ pub struct EventLoop {
     tap_readable: bool,
     /// The last write to the TAP would have blocked.
     tap_blocked: bool,
+    /// Copies frames to a pcap file while a capture runs.
+    capture: Capturer,
 }
 
 impl EventLoop {
@@ -136,6 +139,7 @@ impl EventLoop {
             child_exited: None,
             tap_readable: true,
             tap_blocked: false,
+            capture: Capturer::default(),
         })
     }
 
@@ -147,10 +151,23 @@ impl EventLoop {
         }
     }
 
-    /// Opens the API socket and the `-p` forwards, and starts the splice path's helper.
-    /// Must be called while this process is single-threaded, before [`EventLoop::run`].
+    /// Opens the API socket, the metrics endpoint and the `-p` forwards, starts the splice
+    /// path's helper, then the `--pcap` capture (its writer is a thread, so it comes after
+    /// the helper's fork). Must be called while this process is single-threaded, before
+    /// [`EventLoop::run`].
     pub fn start_forwarding(&mut self, setup: &ForwardSetup) -> Result<(), ForwardError> {
-        self.forward.start(setup, self.poll.registry())
+        self.forward.start(setup, self.poll.registry())?;
+        if let Some(path) = &setup.pcap {
+            let options = PcapOptions {
+                path: path.clone(),
+                snaplen: 0,
+                max_bytes: 0,
+            };
+            self.capture
+                .start(options)
+                .map_err(|e| ForwardError::Pcap(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Runs until a signal, the exit fd or the child ends it.
@@ -225,6 +242,7 @@ impl EventLoop {
                             stack: &mut self.stack,
                             flows: &mut self.flows,
                             registry: self.poll.registry(),
+                            capture: &mut self.capture,
                         };
                         self.forward.on_event(&mut cx, token);
                     }
@@ -261,9 +279,11 @@ impl EventLoop {
                 stack: &mut self.stack,
                 flows: &mut self.flows,
                 registry: self.poll.registry(),
+                capture: &mut self.capture,
             };
             self.forward.on_timers(&mut cx);
             self.flush_tap()?;
+            self.capture.flush();
         }
     }
 
@@ -279,6 +299,7 @@ impl EventLoop {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(io::Error::from(e)),
             };
+            self.capture.frame(&self.stack.rx_buffer()[..len]);
             let registry = self.poll.registry();
             let stack = &mut self.stack;
             match stack.classify(now, len) {
@@ -304,7 +325,10 @@ impl EventLoop {
                 break;
             };
             match nix::unistd::write(&self.tap, frame) {
-                Ok(_) => self.stack.tx_done(),
+                Ok(_) => {
+                    self.capture.frame(frame);
+                    self.stack.tx_done();
+                }
                 Err(Errno::EAGAIN) => self.tap_blocked = true,
                 Err(Errno::EINTR) => {}
                 // The guest's interface is down or gone: the frame is lost, like on a wire.

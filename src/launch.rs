@@ -68,6 +68,8 @@ pub fn attach(opts: &AttachOptions) -> Result<u8> {
         api_socket: opts.api_socket.clone(),
         publish: Vec::new(),
         target: Some(target.clone()),
+        metrics: opts.metrics,
+        pcap: opts.pcap.clone(),
     })?;
     if let Some(Some(ready)) = ready {
         // Any byte means ready to rootlesskit and Podman; slirp4netns writes "1".
@@ -114,6 +116,8 @@ pub fn run(opts: &RunOptions) -> Result<u8> {
         api_socket: opts.api_socket.clone(),
         publish,
         target: Some(target.clone()),
+        metrics: opts.metrics,
+        pcap: opts.pcap.clone(),
     })?;
     event_loop.start_child().context("start the command")?;
     let outcome = event_loop.run().context("event loop")?;

@@ -84,7 +84,8 @@ fn getopt_texts_for_unknown_ambiguous_and_incomplete_options() {
     );
     assert_eq!(
         error(&["--m=1500", "1"]).message,
-        "tapsplice: option '--m=1500' is ambiguous; possibilities: '--mtu' '--macaddress'"
+        // slirp4netns lists '--mtu' '--macaddress'; tapsplice's '--metrics' joins them.
+        "tapsplice: option '--m=1500' is ambiguous; possibilities: '--mtu' '--macaddress' '--metrics'"
     );
     assert!(error(&["--bogus", "1"]).usage.is_some());
 }

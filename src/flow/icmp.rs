@@ -18,6 +18,7 @@ use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Ip
 
 use super::nat::PingSocket;
 use crate::stack::{EchoRequest, Stack};
+use crate::stats::{DropReason, Traffic};
 use crate::sys::socket::recv_datagram;
 
 /// Size of the scratch buffer the table lends for echo messages: the largest IP datagram.
@@ -32,6 +33,11 @@ pub struct EchoFlow {
     kind: PingSocket,
     pub last_active: Instant,
     pub deadline: Option<Instant>,
+    pub opened: Instant,
+    /// Echo requests and their data bytes.
+    pub to_host: Traffic,
+    /// Echo replies and their data bytes.
+    pub to_guest: Traffic,
 }
 
 impl EchoFlow {
@@ -42,6 +48,9 @@ impl EchoFlow {
             kind,
             last_active: now,
             deadline: None,
+            opened: now,
+            to_host: Traffic::default(),
+            to_guest: Traffic::default(),
         }
     }
 
@@ -77,8 +86,12 @@ impl EchoFlow {
             // A ping socket rewrites the identifier and checksum; a raw socket sends it as is.
             packet.fill_checksum();
         }
-        if let Err(e) = self.host.send(message) {
-            tracing::debug!(remote = %request.remote, error = %e, "echo request dropped");
+        match self.host.send(message) {
+            Ok(_) => self.to_host.add(data.len()),
+            Err(e) => {
+                stack.counters.drop(DropReason::BufferFull);
+                tracing::debug!(remote = %request.remote, error = %e, "echo request dropped");
+            }
         }
         stack.consume_received();
     }
@@ -111,11 +124,14 @@ impl EchoFlow {
                 ident,
                 seq_no,
             };
-            stack.send_echo_reply(request, |out| {
+            let sent = stack.send_echo_reply(request, |out| {
                 let out = out.get_mut(..data.len())?;
                 out.copy_from_slice(data);
                 Some(data.len())
             });
+            if sent.is_some() {
+                self.to_guest.add(data.len());
+            }
         }
     }
 }

@@ -44,7 +44,7 @@ pub enum InboundRefused {
 }
 
 impl FlowTable {
-    /// Makes a flow for a client accepted by a port forward: a guest socket that dials
+    /// Makes a flow for a client accepted by port forward `forward`: a guest socket that dials
     /// `guest` from `peer`, tied to `host`. With `renumber`, a `peer` port already in use
     /// (with the same guest endpoint) is replaced by a free one; without, that is refused.
     /// On failure the client is reset.
@@ -58,8 +58,10 @@ impl FlowTable {
         peer: SocketAddrV4,
         renumber: bool,
         host: TcpStream,
+        forward: u64,
     ) -> Result<FlowKey, InboundRefused> {
-        let outcome = self.try_open_inbound(now, stack, registry, guest, peer, renumber, host);
+        let outcome =
+            self.try_open_inbound(now, stack, registry, guest, peer, renumber, host, forward);
         if let Err((reason, host)) = outcome {
             if reason == InboundRefused::FlowLimit {
                 stack.counters.drop(DropReason::FlowLimit);
@@ -82,6 +84,7 @@ impl FlowTable {
         peer: SocketAddrV4,
         renumber: bool,
         host: TcpStream,
+        forward: u64,
     ) -> Result<FlowKey, (InboundRefused, Option<TcpStream>)> {
         if self.tcp.len() >= MAX_TCP_FLOWS {
             return Err((InboundRefused::FlowLimit, Some(host)));
@@ -114,7 +117,7 @@ impl FlowTable {
         let _ = host.set_nodelay(true);
         let entry = self.tcp.vacant_entry();
         let index = entry.key();
-        let mut flow = TcpFlow::new(key, guest_socket, host);
+        let mut flow = TcpFlow::new(key, guest_socket, host, now, Some(forward));
         let token = FlowRef {
             kind: Kind::Tcp,
             index,

@@ -13,6 +13,7 @@
 mod icmp;
 mod inbound;
 mod nat;
+mod report;
 mod resolver;
 mod tcp;
 mod udp;
@@ -25,6 +26,7 @@ use smoltcp::time::Instant;
 
 use crate::config::{self, NetConfig};
 use crate::stack::{EchoRequest, FlowKey, Stack};
+use crate::stats::latency::LatencySample;
 use crate::stats::{DropReason, FlowCounters};
 use icmp::{EchoFlow, EchoKey};
 use nat::{Nat, PingSocket};
@@ -106,6 +108,8 @@ pub struct FlowTable {
     timers: BTreeSet<(Instant, FlowRef)>,
     /// TCP flows that took frames in the current TAP batch and still need driving.
     dirty: Vec<usize>,
+    /// Latencies measured by inbound flows, for their forwards' histograms.
+    samples: Vec<LatencySample>,
     pub counters: FlowCounters,
 }
 
@@ -142,6 +146,7 @@ impl FlowTable {
             scratch: vec![0; icmp::SCRATCH_LEN],
             timers: BTreeSet::new(),
             dirty: Vec::new(),
+            samples: Vec::new(),
             counters: FlowCounters::default(),
         }
     }
@@ -159,6 +164,11 @@ impl FlowTable {
     /// Open UDP flows.
     pub fn udp_count(&self) -> usize {
         self.udp.len()
+    }
+
+    /// Latencies that inbound flows measured since the last call.
+    pub fn take_samples(&mut self) -> std::vec::Drain<'_, LatencySample> {
+        self.samples.drain(..)
     }
 
     /// Handles a TCP segment from the guest that [`Stack::classify`] attributed to `key`.
@@ -181,6 +191,7 @@ impl FlowTable {
             self.open_tcp(now, stack, registry, key);
         } else {
             // No flow: smoltcp answers with an RST (or ignores an RST).
+            stack.counters.drop(DropReason::NoFlow);
             stack.deliver(now, None);
         }
     }
@@ -220,7 +231,7 @@ impl FlowTable {
             self.counters.refused += 1;
             return;
         };
-        entry.insert(TcpFlow::new(key, guest, host));
+        entry.insert(TcpFlow::new(key, guest, host, now, None));
         self.tcp_by_key.insert(key, flow_ref.index);
         tracing::debug!(guest = %key.guest, remote = %key.remote, ?dest, "tcp flow connecting");
     }
@@ -439,6 +450,8 @@ impl FlowTable {
                             self.udp_by_key.remove(&udp.key);
                             let _ = registry.deregister(&mut udp.host);
                             self.counters.udp_expired += 1;
+                            self.counters.bytes_to_host += udp.to_host.bytes;
+                            self.counters.bytes_to_guest += udp.to_guest.bytes;
                         } else {
                             reschedule(&mut self.timers, flow, &mut udp.deadline, Some(expiry));
                         }
@@ -452,6 +465,8 @@ impl FlowTable {
                             let mut echo = self.echo.remove(flow.index);
                             self.echo_by_key.remove(&echo.key);
                             let _ = registry.deregister(&mut echo.host);
+                            self.counters.bytes_to_host += echo.to_host.bytes;
+                            self.counters.bytes_to_guest += echo.to_guest.bytes;
                         } else {
                             reschedule(&mut self.timers, flow, &mut echo.deadline, Some(expiry));
                         }
@@ -473,7 +488,7 @@ impl FlowTable {
         };
         let flow = &mut self.tcp[index];
         let was_connecting = !flow.is_open();
-        let status = flow.drive(now, stack);
+        let status = flow.drive(now, stack, &mut self.samples);
         match status {
             Status::Alive => {
                 if was_connecting && flow.is_open() {
@@ -489,6 +504,8 @@ impl FlowTable {
                     _ => self.counters.reset += 1,
                 }
                 let mut flow = self.tcp.remove(index);
+                self.counters.bytes_to_host += flow.to_host_bytes;
+                self.counters.bytes_to_guest += flow.to_guest_bytes;
                 reschedule(&mut self.timers, flow_ref, &mut flow.deadline, None);
                 if flow.dirty {
                     self.dirty.retain(|&i| i != index);

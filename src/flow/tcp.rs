@@ -25,6 +25,7 @@ use smoltcp::socket::tcp::State;
 use smoltcp::time::Instant;
 
 use crate::stack::{FlowKey, GuestSocket, Stack};
+use crate::stats::latency::{ConnectionTimes, LatencyKind, LatencySample};
 
 /// Where a flow is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +60,24 @@ pub struct TcpFlow {
     pub deadline: Option<Instant>,
     /// Took frames in the current TAP batch; listed in the table's dirty list.
     pub dirty: bool,
+    /// The port forward whose client this is (an inbound flow), or `None` (outbound).
+    pub forward: Option<u64>,
+    pub times: ConnectionTimes,
+    /// Stream bytes written to the host socket.
+    pub to_host_bytes: u64,
+    /// Stream bytes read from the host socket for the guest.
+    pub to_guest_bytes: u64,
 }
 
 impl TcpFlow {
-    pub fn new(key: FlowKey, guest: GuestSocket, host: TcpStream) -> Self {
+    /// A flow opened at `now`, by the guest (`forward` is `None`) or by a client of a forward.
+    pub fn new(
+        key: FlowKey,
+        guest: GuestSocket,
+        host: TcpStream,
+        now: Instant,
+        forward: Option<u64>,
+    ) -> Self {
         TcpFlow {
             key,
             guest,
@@ -72,6 +87,10 @@ impl TcpFlow {
             host_write_shut: false,
             deadline: None,
             dirty: false,
+            forward,
+            times: ConnectionTimes::new(now),
+            to_host_bytes: 0,
+            to_guest_bytes: 0,
         }
     }
 
@@ -91,15 +110,41 @@ impl TcpFlow {
         &mut self.guest
     }
 
+    pub fn guest(&self) -> &GuestSocket {
+        &self.guest
+    }
+
+    /// `connecting` until the host side connected, then the guest socket's TCP state.
+    pub fn state_name(&self) -> String {
+        match self.phase {
+            Phase::Connecting => "connecting".to_string(),
+            Phase::Open => self
+                .guest
+                .state()
+                .to_string()
+                .to_lowercase()
+                .replace('-', "_"),
+        }
+    }
+
     /// Moves everything that can move now, in both directions, and says whether the flow
-    /// goes on. Call after any event on the flow.
-    pub fn drive(&mut self, now: Instant, stack: &mut Stack) -> Status {
+    /// goes on. Call after any event on the flow. Latencies measured on the way, for the
+    /// forward of an inbound flow, are added to `samples`.
+    pub fn drive(
+        &mut self,
+        now: Instant,
+        stack: &mut Stack,
+        samples: &mut Vec<LatencySample>,
+    ) -> Status {
         if self.phase == Phase::Connecting {
             match self.connect_outcome() {
                 None => return Status::Alive,
                 Some(Ok(())) => {
                     self.phase = Phase::Open;
                     self.guest.accept();
+                    if self.forward.is_none() {
+                        self.times.connected(now);
+                    }
                 }
                 Some(Err(_)) => {
                     self.guest.refuse();
@@ -111,13 +156,46 @@ impl TcpFlow {
         // Two rounds: the stack's poll can free send space (ACKs) or fill the receive buffer,
         // and an ACK just freed is worth filling at once.
         for _ in 0..2 {
-            if let Err(status) = self.pump() {
+            if let Err(status) = self.pump(now, samples) {
                 stack.poll_flow(now, &mut self.guest);
                 return status;
             }
             stack.poll_flow(now, &mut self.guest);
+            if self.forward.is_some() && !self.times.is_connected() && self.guest_connected() {
+                let latency = self.times.connected(now);
+                self.record(LatencyKind::Connect, latency, samples);
+            }
         }
         self.status()
+    }
+
+    /// The guest answered an inbound flow's SYN (and it did not end at once).
+    fn guest_connected(&self) -> bool {
+        !matches!(
+            self.guest.state(),
+            State::SynSent | State::SynReceived | State::Listen | State::Closed
+        )
+    }
+
+    /// Bytes from the guest went to the host (`to_host`) or the other way.
+    fn moved(&mut self, to_host: bool, now: Instant, samples: &mut Vec<LatencySample>) {
+        // The opener's bytes are the request: the guest's for an outbound flow.
+        if to_host == self.forward.is_none() {
+            self.times.request(now);
+        } else {
+            let latency = self.times.response(now);
+            self.record(LatencyKind::FirstByte, latency, samples);
+        }
+    }
+
+    fn record(&self, kind: LatencyKind, micros: Option<u64>, samples: &mut Vec<LatencySample>) {
+        if let (Some(forward), Some(micros)) = (self.forward, micros) {
+            samples.push(LatencySample {
+                forward,
+                kind,
+                micros,
+            });
+        }
     }
 
     /// `Some` once the non-blocking host connect has finished.
@@ -134,10 +212,10 @@ impl TcpFlow {
     }
 
     /// Copies guest->host and host->guest until one side blocks. `Err` ends the flow.
-    fn pump(&mut self) -> Result<(), Status> {
-        let (guest, host) = (&mut self.guest, &mut self.host);
+    fn pump(&mut self, now: Instant, samples: &mut Vec<LatencySample>) -> Result<(), Status> {
         // Guest -> host.
-        while guest.socket().can_recv() {
+        while self.guest.socket().can_recv() {
+            let (guest, host) = (&mut self.guest, &mut self.host);
             let written = guest
                 .socket()
                 .recv(|buf| match host.write(buf) {
@@ -147,7 +225,10 @@ impl TcpFlow {
                 .unwrap_or(Ok(0));
             match written {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => {
+                    self.to_host_bytes += n as u64;
+                    self.moved(true, now, samples);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(self.reset_both()),
@@ -175,7 +256,10 @@ impl TcpFlow {
                     self.host_eof = true;
                     self.guest.socket().close();
                 }
-                Ok(_) => {}
+                Ok(n) => {
+                    self.to_guest_bytes += n as u64;
+                    self.moved(false, now, samples);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(self.reset_both()),

@@ -15,6 +15,7 @@ use mio::net::UdpSocket;
 use smoltcp::time::Instant;
 
 use crate::stack::{FlowKey, Stack, Unreachable};
+use crate::stats::{DropReason, Traffic};
 use crate::sys::socket::recv_datagram;
 
 /// How long a UDP flow may stay idle: before its first reply, and after.
@@ -32,6 +33,9 @@ pub struct UdpFlow {
     replied: bool,
     /// The timer this flow is filed under in the table, if any.
     pub deadline: Option<Instant>,
+    pub opened: Instant,
+    pub to_host: Traffic,
+    pub to_guest: Traffic,
 }
 
 /// What the host socket's error means for the guest, if it is an ICMP report.
@@ -53,6 +57,9 @@ impl UdpFlow {
             last_active: now,
             replied: false,
             deadline: None,
+            opened: now,
+            to_host: Traffic::default(),
+            to_guest: Traffic::default(),
         }
     }
 
@@ -61,11 +68,12 @@ impl UdpFlow {
     pub fn send_to_host(&mut self, now: Instant, stack: &mut Stack) {
         self.last_active = now;
         match self.host.send(stack.received_payload()) {
-            Ok(_) => {}
+            Ok(n) => self.to_host.add(n),
             Err(e) => {
                 if let Some(reason) = unreachable_reason(&e) {
                     stack.send_udp_unreachable(self.key, reason);
                 } else {
+                    stack.counters.drop(DropReason::BufferFull);
                     tracing::debug!(guest = %self.key.guest, remote = %self.key.remote, error = %e, "udp send dropped");
                 }
             }
@@ -81,11 +89,14 @@ impl UdpFlow {
         loop {
             let mut outcome = Ok(0);
             let host = &self.host;
-            stack.send_udp(self.key.remote, self.key.guest, |buf| {
+            let sent = stack.send_udp(self.key.remote, self.key.guest, |buf| {
                 outcome = recv_datagram(host, buf);
                 // Larger than one frame: IPv4 fragmentation is not carried, drop it.
                 outcome.as_ref().ok().copied().filter(|&n| n <= capacity)
             });
+            if let Some(n) = sent {
+                self.to_guest.add(n);
+            }
             match outcome {
                 Ok(_) => {
                     self.last_active = now;

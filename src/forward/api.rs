@@ -11,6 +11,10 @@
 //! counts as 0, and numbers are truncated to integers. The checks come in slirp4netns's order,
 //! so the first problem is the one reported.
 //!
+//! Beside slirp4netns's commands, tapsplice answers `get_stats`, `list_flows`, `list_forwards`,
+//! `start_pcap` and `stop_pcap` (their values are the types of `stats::report`); their
+//! errors follow the same pattern, `bad request: COMMAND: ...`.
+//!
 //! Unlike slirp4netns, which reads one request in one `read` and stops its whole event loop
 //! while it does, each client here is a small state machine in the event loop: reading until
 //! EOF (or until the bytes already form a complete JSON object), then writing the reply,
@@ -28,6 +32,10 @@ use serde_json::Value;
 
 use super::{HostFwdSpec, Proto};
 use crate::config::NetConfig;
+use crate::stats::pcap::{DEFAULT_SNAPLEN, PcapOptions};
+
+/// Largest `snaplen` of `start_pcap` (more would keep no more of any frame).
+const MAX_SNAPLEN: u32 = DEFAULT_SNAPLEN;
 
 /// Largest request: slirp4netns reads into a 4096-byte buffer and refuses a read that fills it.
 pub const API_MAX_REQUEST: usize = 4096;
@@ -44,6 +52,11 @@ pub enum Request {
     AddHostFwd(HostFwdSpec),
     ListHostFwd,
     RemoveHostFwd(i64),
+    GetStats,
+    ListFlows,
+    ListForwards,
+    StartPcap(PcapOptions),
+    StopPcap,
 }
 
 /// A request that gets an error reply; the text is the `desc` (slirp4netns's wording).
@@ -67,6 +80,14 @@ pub enum ApiError {
     AddFailed(String),
     #[error("bad request: remove_hostfwd: bad arguments.id")]
     RemoveBadId,
+    /// `arguments.FIELD` of `start_pcap` is missing or wrong.
+    #[error("bad request: start_pcap: bad arguments.{0}")]
+    PcapBadArgument(&'static str),
+    /// The capture could not start (one is running, the file cannot be made).
+    #[error("bad request: start_pcap: {0}")]
+    PcapFailed(String),
+    #[error("bad request: stop_pcap: no capture is running")]
+    PcapNotRunning,
 }
 
 /// `{"error":{"desc":"..."}}`
@@ -103,6 +124,16 @@ pub fn add_reply(id: u64) -> String {
 /// `{"return":{}}`
 pub fn remove_reply() -> String {
     "{\"return\":{}}".to_string()
+}
+
+/// `{"return":VALUE}`, for the statistics commands.
+pub fn value_reply<T: Serialize>(value: &T) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        #[serde(rename = "return")]
+        ret: &'a T,
+    }
+    serde_json::to_string(&Reply { ret: value }).unwrap_or_default()
 }
 
 /// One forward as `list_hostfwd` shows it.
@@ -196,6 +227,29 @@ pub fn parse_request(bytes: &[u8], cfg: &NetConfig) -> Result<Request, ApiError>
             }))
         }
         "list_hostfwd" => Ok(Request::ListHostFwd),
+        "get_stats" => Ok(Request::GetStats),
+        "list_flows" => Ok(Request::ListFlows),
+        "list_forwards" => Ok(Request::ListForwards),
+        "stop_pcap" => Ok(Request::StopPcap),
+        "start_pcap" => {
+            let path = string("path")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .ok_or(ApiError::PcapBadArgument("path"))?;
+            let snaplen = number("snaplen");
+            if !(0.0..=f64::from(MAX_SNAPLEN)).contains(&snaplen) {
+                return Err(ApiError::PcapBadArgument("snaplen"));
+            }
+            let max_bytes = number("max_bytes");
+            if !(0.0..=u64::MAX as f64).contains(&max_bytes) {
+                return Err(ApiError::PcapBadArgument("max_bytes"));
+            }
+            Ok(Request::StartPcap(PcapOptions {
+                path,
+                snaplen: snaplen as u32,
+                max_bytes: max_bytes as u64,
+            }))
+        }
         "remove_hostfwd" => {
             let id = number("id");
             if !(1.0..=i64::MAX as f64).contains(&id) {
@@ -302,9 +356,90 @@ pub enum ClientStep {
     Done,
 }
 
-/// One API connection.
+/// A connection to a control socket: the API's UNIX socket (one JSON request) or the
+/// metrics endpoint's TCP socket (one HTTP request). Both are served the same way: read one
+/// request, write one reply, close.
+pub enum ControlStream {
+    Api(mio::net::UnixStream),
+    Metrics(mio::net::TcpStream),
+}
+
+impl ControlStream {
+    /// Largest request read.
+    fn max_request(&self) -> usize {
+        match self {
+            ControlStream::Api(_) => API_MAX_REQUEST,
+            ControlStream::Metrics(_) => crate::stats::metrics::MAX_REQUEST,
+        }
+    }
+
+    /// Whether `buf` is a whole request although the client has not half-closed.
+    fn is_complete(&self, buf: &[u8]) -> bool {
+        match self {
+            ControlStream::Api(_) => is_complete_object(buf),
+            ControlStream::Metrics(_) => crate::stats::metrics::request_complete(buf),
+        }
+    }
+}
+
+impl Read for ControlStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ControlStream::Api(s) => s.read(buf),
+            ControlStream::Metrics(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ControlStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ControlStream::Api(s) => s.write(buf),
+            ControlStream::Metrics(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl mio::event::Source for ControlStream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            ControlStream::Api(s) => s.register(registry, token, interests),
+            ControlStream::Metrics(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            ControlStream::Api(s) => s.reregister(registry, token, interests),
+            ControlStream::Metrics(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            ControlStream::Api(s) => s.deregister(registry),
+            ControlStream::Metrics(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// One connection to a control socket.
 pub struct ApiClient {
-    pub stream: mio::net::UnixStream,
+    pub stream: ControlStream,
     buf: Vec<u8>,
     reply: Option<(Vec<u8>, usize)>,
     /// When it is dropped if not done (the event loop's clock).
@@ -312,7 +447,7 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(stream: mio::net::UnixStream, deadline: smoltcp::time::Instant) -> ApiClient {
+    pub fn new(stream: ControlStream, deadline: smoltcp::time::Instant) -> ApiClient {
         ApiClient {
             stream,
             buf: Vec::new(),
@@ -326,14 +461,15 @@ impl ApiClient {
         if self.reply.is_some() {
             return self.write_reply();
         }
-        let mut chunk = [0u8; API_MAX_REQUEST];
+        let max = self.stream.max_request();
+        let mut chunk = [0u8; 4096];
         loop {
-            let room = API_MAX_REQUEST - self.buf.len();
+            let room = (max - self.buf.len()).min(chunk.len());
             match self.stream.read(&mut chunk[..room]) {
                 Ok(0) => return ClientStep::Request(std::mem::take(&mut self.buf)),
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
-                    if self.buf.len() >= API_MAX_REQUEST {
+                    if self.buf.len() >= max {
                         // Like slirp4netns: a request that fills the buffer is refused, and
                         // the rest is never read.
                         self.buf = Vec::new();
@@ -343,7 +479,7 @@ impl ApiClient {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Clients that send one object and wait without half-closing are served
                     // too: a complete JSON object cannot grow into another valid request.
-                    if is_complete_object(&self.buf) {
+                    if self.stream.is_complete(&self.buf) {
                         return ClientStep::Request(std::mem::take(&mut self.buf));
                     }
                     return ClientStep::Pending;
@@ -355,8 +491,8 @@ impl ApiClient {
     }
 
     /// Queues the reply and starts writing it.
-    pub fn reply(&mut self, text: String) -> ClientStep {
-        self.reply = Some((text.into_bytes(), 0));
+    pub fn reply(&mut self, bytes: Vec<u8>) -> ClientStep {
+        self.reply = Some((bytes, 0));
         self.write_reply()
     }
 

@@ -30,6 +30,7 @@
 
 pub mod api;
 pub mod publish;
+mod report;
 mod splice;
 mod udp;
 
@@ -50,9 +51,13 @@ pub use udp::{MAX_UDP_FLOWS, UDP_FLOW_IDLE};
 use crate::config::NetConfig;
 use crate::flow::FlowTable;
 use crate::stack::{FlowKey, Stack, UdpSend};
+use crate::stats::latency::{ForwardLatency, LatencySample};
+use crate::stats::metrics;
+use crate::stats::pcap::Capturer;
 use crate::sys::netns::NsTarget;
 use crate::sys::nshelper::{NsSocketFactory, NsSocketKind};
-use api::{ApiClient, ApiError, ApiListener, ClientStep, Entry, Request};
+use api::{ApiClient, ApiError, ApiListener, ClientStep, ControlStream, Entry, Request};
+use report::{FlowList, ForwardList};
 use splice::{SpliceConn, SpliceStatus};
 use udp::UdpFlows;
 
@@ -128,7 +133,7 @@ pub struct HostFwdSpec {
     pub guest: SocketAddrV4,
 }
 
-/// What to forward, from the command line.
+/// What to forward, and how to be watched, from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardSetup {
     pub path: ForwardPath,
@@ -137,6 +142,10 @@ pub struct ForwardSetup {
     pub publish: Vec<HostFwdSpec>,
     /// The guest's namespaces, for the splice path's helper.
     pub target: Option<NsTarget>,
+    /// Where to serve Prometheus metrics (`--metrics`).
+    pub metrics: Option<SocketAddr>,
+    /// Capture the TAP's frames to this file from the start (`--pcap`).
+    pub pcap: Option<PathBuf>,
 }
 
 /// Why forwarding could not start. Printed as is (the API socket's text is slirp4netns's).
@@ -151,6 +160,12 @@ pub enum ForwardError {
     /// `--forward-path=splice` without a working helper.
     #[error("--forward-path=splice: {0}")]
     Helper(String),
+    /// The metrics endpoint could not listen.
+    #[error("--metrics {addr}: {why}")]
+    Metrics { addr: SocketAddr, why: String },
+    /// The capture file could not be made.
+    #[error("--pcap: {0}")]
+    Pcap(String),
 }
 
 /// What happened to forwarded traffic.
@@ -181,12 +196,16 @@ pub struct Ctx<'a> {
     pub stack: &'a mut Stack,
     pub flows: &'a mut FlowTable,
     pub registry: &'a Registry,
+    /// The pcap writer, for `start_pcap` and `stop_pcap`.
+    pub capture: &'a mut Capturer,
 }
 
 /// What owns a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     ApiListener,
+    MetricsListener,
+    /// A connection to the API socket or to the metrics endpoint.
     ApiClient(usize),
     Listener(u64),
     Udp(u64),
@@ -204,6 +223,18 @@ struct HostFwd {
     spec: HostFwdSpec,
     socket: FwdSocket,
     source: usize,
+    stats: HostFwdStats,
+}
+
+/// What one forward did since it was added.
+#[derive(Default)]
+struct HostFwdStats {
+    /// TCP clients accepted, or UDP client flows opened.
+    connections: u64,
+    via_stack: u64,
+    via_splice: u64,
+    refused: u64,
+    latency: ForwardLatency,
 }
 
 /// A client accepted for the splice path, waiting for the helper's socket.
@@ -211,7 +242,9 @@ struct Waiting {
     client: TcpStream,
     peer: SocketAddr,
     guest: SocketAddrV4,
-    /// When it started waiting.
+    /// The forward that accepted it.
+    forward: u64,
+    /// When it was accepted (and started waiting).
     since: Instant,
 }
 
@@ -222,8 +255,10 @@ pub struct Forwarder {
     next_id: u64,
     sources: Slab<Source>,
     api: Option<(ApiListener, usize)>,
+    /// The Prometheus endpoint (`--metrics`).
+    metrics: Option<(TcpListener, usize)>,
     api_clients: Slab<(ApiClient, usize)>,
-    /// Clients may be waiting in the API socket's backlog (the client limit was reached).
+    /// Clients may be waiting in the control sockets' backlogs (the client limit was reached).
     api_accept_due: bool,
     helper: Option<(NsSocketFactory, usize)>,
     /// Unconnected sockets from the helper, ready for use.
@@ -238,6 +273,10 @@ pub struct Forwarder {
     /// UDP forwards whose socket may still hold datagrams.
     busy_udp: Vec<u64>,
     udp_buf: Vec<u8>,
+    /// Latencies measured by spliced connections, not yet in their forward's histograms.
+    samples: Vec<LatencySample>,
+    /// Payload bytes client -> guest and guest -> client of spliced connections that ended.
+    splice_ended_bytes: (u64, u64),
     pub counters: ForwardCounters,
 }
 
@@ -251,6 +290,7 @@ impl Forwarder {
             next_id: 1,
             sources: Slab::new(),
             api: None,
+            metrics: None,
             api_clients: Slab::new(),
             api_accept_due: false,
             helper: None,
@@ -262,6 +302,8 @@ impl Forwarder {
             udp: UdpFlows::default(),
             busy_udp: Vec::new(),
             udp_buf: Vec::new(),
+            samples: Vec::new(),
+            splice_ended_bytes: (0, 0),
             counters: ForwardCounters::default(),
         }
     }
@@ -279,6 +321,21 @@ impl Forwarder {
                 .register(&mut listener.listener, token(source), Interest::READABLE)
                 .map_err(|e| ForwardError::Api(format!("api_bindlisten: {e}")))?;
             self.api = Some((listener, source));
+        }
+        if let Some(addr) = setup.metrics {
+            let fail = |e: io::Error| ForwardError::Metrics {
+                addr,
+                why: crate::sys::strerror(&e),
+            };
+            let mut listener = TcpListener::bind(addr).map_err(fail)?;
+            let source = self.sources.insert(Source::MetricsListener);
+            registry
+                .register(&mut listener, token(source), Interest::READABLE)
+                .map_err(fail)?;
+            if let Ok(bound) = listener.local_addr() {
+                tracing::info!(%bound, "serving metrics");
+            }
+            self.metrics = Some((listener, source));
         }
         let wanted = setup.api_socket.is_some() || !setup.publish.is_empty();
         if wanted
@@ -361,6 +418,7 @@ impl Forwarder {
                 spec,
                 socket,
                 source,
+                stats: HostFwdStats::default(),
             },
         );
         tracing::info!(id, host = %spec.host, guest = %spec.guest, proto = spec.proto.name(), "forward added");
@@ -412,7 +470,7 @@ impl Forwarder {
             return;
         };
         match source {
-            Source::ApiListener => self.accept_api(cx),
+            Source::ApiListener | Source::MetricsListener => self.accept_api(cx),
             Source::ApiClient(index) => self.drive_api_client(cx, index),
             Source::Listener(id) => self.accept_tcp(cx, id),
             Source::Udp(id) => self.read_udp(cx, id),
@@ -472,6 +530,16 @@ impl Forwarder {
         if self.api_accept_due {
             self.accept_api(cx);
         }
+        self.file_samples(cx.flows);
+    }
+
+    /// Adds the latencies measured since the last call to their forwards' histograms.
+    fn file_samples(&mut self, flows: &mut FlowTable) {
+        for sample in self.samples.drain(..).chain(flows.take_samples()) {
+            if let Some(fwd) = self.forwards.get_mut(&sample.forward) {
+                fwd.stats.latency.record(sample.kind, sample.micros);
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -489,7 +557,10 @@ impl Forwarder {
             match listener.accept() {
                 Ok((client, peer)) => {
                     self.counters.accepted += 1;
-                    self.route(cx, client, peer, guest);
+                    if let Some(fwd) = self.forwards.get_mut(&id) {
+                        fwd.stats.connections += 1;
+                    }
+                    self.route(cx, client, peer, guest, id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -505,13 +576,14 @@ impl Forwarder {
         }
     }
 
-    /// Sends an accepted client down its path.
+    /// Sends a client accepted by forward `forward` down its path.
     fn route(
         &mut self,
         cx: &mut Ctx<'_>,
         client: TcpStream,
         peer: SocketAddr,
         guest: SocketAddrV4,
+        forward: u64,
     ) {
         let splice = match self.path {
             ForwardPath::Stack => false,
@@ -523,13 +595,14 @@ impl Forwarder {
                 client,
                 peer,
                 guest,
+                forward,
                 since: cx.now,
             };
             if self.conns.len() + self.waiting.len() >= MAX_SPLICE_CONNS
                 || self.waiting.len() >= MAX_SPLICE_WAITING
             {
                 self.counters.splice_fallback += 1;
-                return self.via_stack(cx, w.client, peer, guest);
+                return self.via_stack(cx, w);
             }
             match self.pool.pop() {
                 Some(socket) => self.start_splice(cx, w, socket),
@@ -541,7 +614,14 @@ impl Forwarder {
         if splice {
             self.counters.splice_fallback += 1;
         }
-        self.via_stack(cx, client, peer, guest);
+        let w = Waiting {
+            client,
+            peer,
+            guest,
+            forward,
+            since: cx.now,
+        };
+        self.via_stack(cx, w);
     }
 
     /// Asks the helper for sockets until the pool and the waiting clients will be covered.
@@ -559,15 +639,17 @@ impl Forwarder {
         }
     }
 
-    fn via_stack(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        client: TcpStream,
-        peer: SocketAddr,
-        guest: SocketAddrV4,
-    ) {
+    /// Sends an accepted client through the stack (it may have waited for the splice path).
+    fn via_stack(&mut self, cx: &mut Ctx<'_>, w: Waiting) {
+        let Waiting {
+            client,
+            peer,
+            guest,
+            forward,
+            ..
+        } = w;
         let (seen_as, renumber) = guest_view(&self.cfg, peer);
-        match cx.flows.open_inbound(
+        let opened = cx.flows.open_inbound(
             cx.now,
             cx.stack,
             cx.registry,
@@ -575,13 +657,22 @@ impl Forwarder {
             seen_as,
             renumber,
             client,
-        ) {
+            forward,
+        );
+        let stats = self.forwards.get_mut(&forward).map(|f| &mut f.stats);
+        match opened {
             Ok(key) => {
                 self.counters.via_stack += 1;
+                if let Some(stats) = stats {
+                    stats.via_stack += 1;
+                }
                 tracing::debug!(%peer, seen_as = %key.remote, %guest, "forwarded via the stack");
             }
             Err(why) => {
                 self.counters.refused += 1;
+                if let Some(stats) = stats {
+                    stats.refused += 1;
+                }
                 tracing::debug!(%peer, %guest, "forwarded connection refused: {why}");
             }
         }
@@ -606,7 +697,7 @@ impl Forwarder {
                             tracing::warn!("socket helper: {why}");
                             if let Some(w) = w {
                                 self.counters.splice_fallback += 1;
-                                self.via_stack(cx, w.client, w.peer, w.guest);
+                                self.via_stack(cx, w);
                             }
                             // Do not ask again at once: the helper just failed.
                             return;
@@ -634,17 +725,31 @@ impl Forwarder {
         self.pool.clear();
         while let Some(w) = self.waiting.pop_front() {
             self.counters.splice_fallback += 1;
-            self.via_stack(cx, w.client, w.peer, w.guest);
+            self.via_stack(cx, w);
         }
     }
 
     fn start_splice(&mut self, cx: &mut Ctx<'_>, w: Waiting, socket: std::os::fd::OwnedFd) {
-        let mut conn = match SpliceConn::connect(w.client, socket, w.guest) {
+        let Waiting {
+            client,
+            peer,
+            guest,
+            forward,
+            since,
+        } = w;
+        let mut conn = match SpliceConn::connect(client, socket, guest, forward, since) {
             Ok(conn) => conn,
             Err((e, client)) => {
                 tracing::warn!("splice connection: {e}");
                 self.counters.splice_fallback += 1;
-                self.via_stack(cx, client, w.peer, w.guest);
+                let w = Waiting {
+                    client,
+                    peer,
+                    guest,
+                    forward,
+                    since,
+                };
+                self.via_stack(cx, w);
                 return;
             }
         };
@@ -662,17 +767,24 @@ impl Forwarder {
                 cx.registry
                     .register(&mut conn.inner, token(sources[1]), interest)
             });
+        let stats = self.forwards.get_mut(&forward).map(|f| &mut f.stats);
         if registered.is_err() {
             let _ = cx.registry.deregister(&mut conn.client);
             for s in sources {
                 self.sources.remove(s);
             }
             self.counters.refused += 1;
+            if let Some(stats) = stats {
+                stats.refused += 1;
+            }
             return;
         }
         self.conns.insert(conn);
         self.counters.via_splice += 1;
-        tracing::debug!(peer = %w.peer, guest = %w.guest, "forwarded via splice");
+        if let Some(stats) = stats {
+            stats.via_splice += 1;
+        }
+        tracing::debug!(%peer, %guest, "forwarded via splice");
         self.drive_conn(cx, index);
     }
 
@@ -680,7 +792,7 @@ impl Forwarder {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        match conn.drive() {
+        match conn.drive(cx.now, &mut self.samples) {
             SpliceStatus::Alive => {}
             SpliceStatus::MoreWork => {
                 if !self.busy_conns.contains(&index) {
@@ -688,10 +800,15 @@ impl Forwarder {
                 }
             }
             status => {
+                let mut conn = self.conns.remove(index);
                 if status == SpliceStatus::Refused {
                     self.counters.refused += 1;
+                    if let Some(fwd) = self.forwards.get_mut(&conn.forward) {
+                        fwd.stats.refused += 1;
+                    }
                 }
-                let mut conn = self.conns.remove(index);
+                self.splice_ended_bytes.0 += conn.up.moved;
+                self.splice_ended_bytes.1 += conn.down.moved;
                 let _ = cx.registry.deregister(&mut conn.client);
                 let _ = cx.registry.deregister(&mut conn.inner);
                 for s in conn.sources {
@@ -725,6 +842,7 @@ impl Forwarder {
             };
             let (seen_as, renumber) = guest_view(&self.cfg, client);
             let guest = fwd.spec.guest;
+            let known = self.udp.len();
             let Some(peer) = self
                 .udp
                 .on_client_datagram(cx.now, id, client, guest, seen_as, renumber)
@@ -732,12 +850,20 @@ impl Forwarder {
                 self.counters.udp_dropped += 1;
                 continue;
             };
+            if self.udp.len() > known
+                && let Some(fwd) = self.forwards.get_mut(&id)
+            {
+                fwd.stats.connections += 1;
+            }
             match cx
                 .stack
                 .send_udp_to_guest(cx.now, peer, guest, &self.udp_buf[..len])
             {
                 UdpSend::Dropped => self.counters.udp_dropped += 1,
-                UdpSend::Sent | UdpSend::Pending => self.counters.udp_in += 1,
+                UdpSend::Sent | UdpSend::Pending => {
+                    self.counters.udp_in += 1;
+                    self.udp.sent_to_guest(id, client, len);
+                }
             }
         }
         if !self.busy_udp.contains(&id) {
@@ -758,7 +884,10 @@ impl Forwarder {
             return false;
         };
         match socket.send_to(stack.received_payload(), client) {
-            Ok(_) => self.counters.udp_out += 1,
+            Ok(n) => {
+                self.counters.udp_out += 1;
+                self.udp.sent_to_client(src, dst, n);
+            }
             Err(_) => self.counters.udp_dropped += 1,
         }
         stack.consume_received();
@@ -768,18 +897,40 @@ impl Forwarder {
     // -----------------------------------------------------------------------------------------
     // API
 
+    /// Takes the clients waiting on the API socket and the metrics endpoint.
     fn accept_api(&mut self, cx: &mut Ctx<'_>) {
         self.api_accept_due = false;
+        self.accept_control(cx, |fwd| {
+            let (listener, _) = fwd.api.as_ref()?;
+            Some(
+                listener
+                    .listener
+                    .accept()
+                    .map(|(s, _)| ControlStream::Api(s)),
+            )
+        });
+        self.accept_control(cx, |fwd| {
+            let (listener, _) = fwd.metrics.as_ref()?;
+            Some(listener.accept().map(|(s, _)| ControlStream::Metrics(s)))
+        });
+    }
+
+    /// Accepts from one control socket until it would block or the client limit is reached.
+    fn accept_control(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        accept: impl Fn(&Self) -> Option<io::Result<ControlStream>>,
+    ) {
         loop {
             if self.api_clients.len() >= api::MAX_API_CLIENTS {
                 // The rest wait in the backlog until a client is done.
                 return;
             }
-            let Some((listener, _)) = &self.api else {
+            let Some(accepted) = accept(self) else {
                 return;
             };
-            match listener.listener.accept() {
-                Ok((stream, _)) => {
+            match accepted {
+                Ok(stream) => {
                     let deadline = cx.now + api::API_CLIENT_TIMEOUT.into();
                     let index = self.api_clients.vacant_entry().key();
                     let source = self.sources.insert(Source::ApiClient(index));
@@ -815,17 +966,25 @@ impl Forwarder {
         let Some((client, _)) = self.api_clients.get_mut(index) else {
             return;
         };
-        let reply = match client.drive() {
+        let is_metrics = matches!(client.stream, ControlStream::Metrics(_));
+        let step = client.drive();
+        let reply = match step {
             ClientStep::Pending => return,
             ClientStep::Done => {
                 self.remove_api_client(cx.registry, index);
                 return;
             }
+            // An incomplete head gets "400 Bad Request".
+            ClientStep::TooLarge if is_metrics => metrics::respond(b"", String::new),
             ClientStep::TooLarge => {
                 tracing::warn!("api: too large message (>= {} bytes)", api::API_MAX_REQUEST);
-                api::error_reply(&ApiError::TooLarge)
+                api::error_reply(&ApiError::TooLarge).into_bytes()
             }
-            ClientStep::Request(bytes) => self.execute(cx, &bytes),
+            ClientStep::Request(bytes) if is_metrics => metrics::respond(&bytes, || {
+                let stats = self.stats_report(cx);
+                metrics::render(&stats, &self.forward_reports(cx))
+            }),
+            ClientStep::Request(bytes) => self.execute(cx, &bytes).into_bytes(),
         };
         let Some((client, _)) = self.api_clients.get_mut(index) else {
             return;
@@ -840,7 +999,7 @@ impl Forwarder {
         let _ = registry.deregister(&mut client.stream);
         self.sources.remove(source);
         // A slot is free: clients waiting in the backlog can be taken.
-        if self.api.is_some() {
+        if self.api.is_some() || self.metrics.is_some() {
             self.api_accept_due = true;
         }
     }
@@ -855,6 +1014,23 @@ impl Forwarder {
             Request::RemoveHostFwd(id) => {
                 self.remove(id, cx.registry).map(|()| api::remove_reply())
             }
+            Request::GetStats => Ok(api::value_reply(&self.stats_report(cx))),
+            Request::ListFlows => Ok(api::value_reply(&FlowList {
+                flows: self.flow_reports(cx),
+            })),
+            Request::ListForwards => Ok(api::value_reply(&ForwardList {
+                forwards: self.forward_reports(cx),
+            })),
+            Request::StartPcap(options) => cx
+                .capture
+                .start(options)
+                .map(|report| api::value_reply(&report))
+                .map_err(|e| ApiError::PcapFailed(e.to_string())),
+            Request::StopPcap => cx
+                .capture
+                .stop()
+                .map(|report| api::value_reply(&report))
+                .ok_or(ApiError::PcapNotRunning),
         });
         result.unwrap_or_else(|e| api::error_reply(&e))
     }

@@ -25,7 +25,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use mio::net::TcpStream;
+use smoltcp::time::Instant;
 
+use crate::stats::latency::{ConnectionTimes, LatencyKind, LatencySample};
 use crate::sys::splice::{pipe, pipe_size, splice};
 /// Rounds (each up to a pipe's worth per direction) before a connection yields.
 const ROUNDS_PER_DRIVE: usize = 32;
@@ -46,12 +48,14 @@ pub enum SpliceStatus {
 }
 
 /// One direction: source socket -> pipe -> destination socket.
-struct Pipe {
+pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     cap: usize,
     /// Bytes in the pipe.
     held: usize,
+    /// Bytes that went through, in total.
+    pub moved: u64,
     src_eof: bool,
     dst_shut: bool,
 }
@@ -68,6 +72,7 @@ impl Pipe {
             write,
             cap,
             held: 0,
+            moved: 0,
             src_eof: false,
             dst_shut: false,
         })
@@ -75,6 +80,11 @@ impl Pipe {
 
     fn done(&self) -> bool {
         self.dst_shut
+    }
+
+    /// Bytes taken from the source and not yet given to the destination.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// One round: fill the pipe from `src`, empty it into `dst`, pass on end of stream.
@@ -99,6 +109,7 @@ impl Pipe {
             match splice(self.read.as_fd(), dst.as_fd(), self.held) {
                 Ok(n) => {
                     self.held -= n;
+                    self.moved += n as u64;
                     moved |= n > 0;
                 }
                 Err(e) if would_block(&e) => {}
@@ -127,11 +138,15 @@ pub struct SpliceConn {
     pub inner: TcpStream,
     connected: bool,
     /// Client -> guest.
-    up: Pipe,
+    pub up: Pipe,
     /// Guest -> client.
-    down: Pipe,
+    pub down: Pipe,
     /// The forwarder's source indices of `client` and `inner` (their tokens).
     pub sources: [usize; 2],
+    /// The forward that accepted the client.
+    pub forward: u64,
+    /// Accept, connect inside the namespace, first bytes.
+    pub times: ConnectionTimes,
 }
 
 impl SpliceConn {
@@ -141,6 +156,8 @@ impl SpliceConn {
         client: TcpStream,
         socket: OwnedFd,
         guest: SocketAddrV4,
+        forward: u64,
+        accepted: Instant,
     ) -> Result<Self, (io::Error, TcpStream)> {
         let pipes = Pipe::new().and_then(|up| Ok((up, Pipe::new()?)));
         let (up, down) = match pipes {
@@ -166,15 +183,21 @@ impl SpliceConn {
             up,
             down,
             sources: [usize::MAX; 2],
+            forward,
+            times: ConnectionTimes::new(accepted),
         })
     }
 
-    /// Moves what can move now, both ways.
-    pub fn drive(&mut self) -> SpliceStatus {
+    /// Moves what can move now, both ways. Latencies measured on the way go to `samples`.
+    pub fn drive(&mut self, now: Instant, samples: &mut Vec<LatencySample>) -> SpliceStatus {
         if !self.connected {
             match self.connect_outcome() {
                 None => return SpliceStatus::Alive,
-                Some(Ok(())) => self.connected = true,
+                Some(Ok(())) => {
+                    self.connected = true;
+                    let latency = self.times.connected(now);
+                    self.record(LatencyKind::Connect, latency, samples);
+                }
                 Some(Err(_)) => {
                     reset(&self.client);
                     return SpliceStatus::Refused;
@@ -182,8 +205,16 @@ impl SpliceConn {
             }
         }
         for _ in 0..ROUNDS_PER_DRIVE {
+            let (up_before, down_before) = (self.up.moved, self.down.moved);
             let up = self.up.round(&self.client, &self.inner);
             let down = self.down.round(&self.inner, &self.client);
+            if self.up.moved > up_before {
+                self.times.request(now);
+            }
+            if self.down.moved > down_before {
+                let latency = self.times.response(now);
+                self.record(LatencyKind::FirstByte, latency, samples);
+            }
             match (up, down) {
                 (Ok(false), Ok(false)) => {
                     return if self.up.done() && self.down.done() {
@@ -201,6 +232,16 @@ impl SpliceConn {
             }
         }
         SpliceStatus::MoreWork
+    }
+
+    fn record(&self, kind: LatencyKind, micros: Option<u64>, samples: &mut Vec<LatencySample>) {
+        if let Some(micros) = micros {
+            samples.push(LatencySample {
+                forward: self.forward,
+                kind,
+                micros,
+            });
+        }
     }
 
     /// `Some` once the non-blocking connect inside the namespace has finished.

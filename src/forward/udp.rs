@@ -15,6 +15,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 use slab::Slab;
 use smoltcp::time::{Duration, Instant};
 
+use crate::stats::Traffic;
+use crate::stats::report::{DirectionReport, FlowReport};
+
 /// Flows over all UDP forwards.
 pub const MAX_UDP_FLOWS: usize = 4096;
 /// A flow with no datagram either way for this long is forgotten.
@@ -31,6 +34,11 @@ struct UdpFlow {
     last: Instant,
     /// The timer this flow is filed under.
     deadline: Instant,
+    opened: Instant,
+    /// Client -> guest.
+    to_guest: Traffic,
+    /// Guest -> client.
+    to_client: Traffic,
 }
 
 /// The flows of all UDP forwards.
@@ -40,6 +48,8 @@ pub struct UdpFlows {
     by_client: HashMap<(u64, SocketAddr), usize>,
     by_guest: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
     timers: BTreeSet<(Instant, usize)>,
+    /// Bytes to the guest and to clients of flows that have ended.
+    ended_bytes: (u64, u64),
 }
 
 impl UdpFlows {
@@ -88,6 +98,9 @@ impl UdpFlows {
             peer,
             last: now,
             deadline,
+            opened: now,
+            to_guest: Traffic::default(),
+            to_client: Traffic::default(),
         });
         self.by_client.insert((forward, client), index);
         self.by_guest.insert((guest, peer), index);
@@ -106,6 +119,61 @@ impl UdpFlows {
         let flow = &mut self.flows[index];
         flow.last = now;
         Some((flow.forward, flow.client))
+    }
+
+    /// Counts a datagram of `len` bytes sent from `client` to the guest through `forward`.
+    pub fn sent_to_guest(&mut self, forward: u64, client: SocketAddr, len: usize) {
+        if let Some(&index) = self.by_client.get(&(forward, client)) {
+            self.flows[index].to_guest.add(len);
+        }
+    }
+
+    /// Counts a datagram of `len` bytes from `guest` to `peer` passed on to its client.
+    pub fn sent_to_client(&mut self, guest: SocketAddrV4, peer: SocketAddrV4, len: usize) {
+        if let Some(&index) = self.by_guest.get(&(guest, peer)) {
+            self.flows[index].to_client.add(len);
+        }
+    }
+
+    /// Bytes to the guest and to clients, of all flows since start.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.flows.iter().fold(self.ended_bytes, |(g, c), (_, f)| {
+            (g + f.to_guest.bytes, c + f.to_client.bytes)
+        })
+    }
+
+    /// Flows of forward `forward` open now.
+    pub fn count_of(&self, forward: u64) -> u64 {
+        self.flows
+            .iter()
+            .filter(|(_, f)| f.forward == forward)
+            .count() as u64
+    }
+
+    /// Every flow, as `list_flows` shows it.
+    pub fn reports(&self, now: Instant) -> impl Iterator<Item = FlowReport> + '_ {
+        self.flows.iter().map(move |(_, flow)| FlowReport {
+            proto: "udp".into(),
+            direction: "inbound".into(),
+            forward_id: Some(flow.forward),
+            path: "stack".into(),
+            guest: flow.guest.to_string(),
+            remote: flow.peer.to_string(),
+            host_peer: Some(flow.client.to_string()),
+            state: "active".into(),
+            age_ms: (now - flow.opened).total_millis(),
+            to_host: DirectionReport {
+                bytes: flow.to_client.bytes,
+                segments: Some(flow.to_client.packets),
+                queued: None,
+            },
+            to_guest: DirectionReport {
+                bytes: flow.to_guest.bytes,
+                segments: Some(flow.to_guest.packets),
+                queued: None,
+            },
+            ..FlowReport::default()
+        })
     }
 
     /// Forgets every flow of a removed forward.
@@ -155,6 +223,8 @@ impl UdpFlows {
 
     fn remove_untimed(&mut self, index: usize) {
         let flow = self.flows.remove(index);
+        self.ended_bytes.0 += flow.to_guest.bytes;
+        self.ended_bytes.1 += flow.to_client.bytes;
         self.by_client.remove(&(flow.forward, flow.client));
         self.by_guest.remove(&(flow.guest, flow.peer));
     }

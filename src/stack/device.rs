@@ -150,6 +150,14 @@ impl FrameDevice {
     pub fn tx_pending(&self) -> usize {
         self.tx.ready.len()
     }
+
+    /// The frames queued after the first `count` (those a poll just added).
+    pub fn frames_since(&self, count: usize) -> impl Iterator<Item = &[u8]> {
+        self.tx
+            .ready
+            .range(count.min(self.tx.ready.len())..)
+            .map(|(buf, len)| &buf[..*len])
+    }
 }
 
 pub struct RxToken<'a>(&'a [u8]);

@@ -22,6 +22,7 @@ mod emit;
 mod icmp;
 mod inbound;
 mod ipv6;
+mod segments;
 mod tcp;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ pub use device::{ETHERNET_HEADER_LEN, FrameDevice};
 /// The DNS port at N+3.
 pub const DNS_PORT: u16 = 53;
 pub use inbound::{MAX_NEIGHBORS, MAX_PENDING_UDP, UdpSend};
+pub use segments::SegmentStats;
 pub use tcp::{GUEST_CONNECT_TIMEOUT, GuestSocket};
 
 use crate::config::NetConfig;
@@ -518,24 +520,41 @@ impl Stack {
     /// Gives the received frame to smoltcp together with the socket set of its flow (or no
     /// sockets at all), and lets the flow's sockets send what they have.
     pub fn deliver(&mut self, now: Instant, flow: Option<&mut GuestSocket>) {
-        let set = match flow {
-            Some(guest) => guest.set_mut(),
-            None => &mut self.no_sockets,
-        };
-        self.iface.poll(now, &mut self.device, set);
+        match flow {
+            Some(guest) => {
+                if let Some(frame) = self.device.received() {
+                    guest.wire.on_ingress(frame, now);
+                }
+                self.poll_flow(now, guest);
+            }
+            None => {
+                self.iface.poll(now, &mut self.device, &mut self.no_sockets);
+            }
+        }
     }
 
     /// Gives the received frame to the flow's socket without letting it answer yet: ACKs
     /// and window updates wait for [`Stack::poll_flow`], which the caller runs once per
     /// batch of frames, so a burst of segments costs one ACK and one host write.
     pub fn deliver_batched(&mut self, now: Instant, guest: &mut GuestSocket) {
+        if let Some(frame) = self.device.received() {
+            guest.wire.on_ingress(frame, now);
+        }
+        let queued = self.device.tx_pending();
         self.iface
             .poll_ingress_single(now, &mut self.device, guest.set_mut());
+        self.device
+            .frames_since(queued)
+            .for_each(|frame| guest.wire.on_egress(frame, now));
     }
 
     /// Lets the sockets of one flow send what they have (data, ACKs, window updates, FIN).
     pub fn poll_flow(&mut self, now: Instant, guest: &mut GuestSocket) {
+        let queued = self.device.tx_pending();
         self.iface.poll(now, &mut self.device, guest.set_mut());
+        self.device
+            .frames_since(queued)
+            .for_each(|frame| guest.wire.on_egress(frame, now));
     }
 
     /// When the flow's sockets next need [`Stack::poll_flow`] for a timer (retransmission,

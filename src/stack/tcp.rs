@@ -13,6 +13,7 @@ use smoltcp::time::Duration;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use super::FlowKey;
+use super::segments::SegmentStats;
 
 /// Receive and send buffer of each guest TCP socket. The receive buffer bounds what a slow
 /// host peer can make us hold for it, the send buffer what a slow guest can; the window
@@ -28,6 +29,8 @@ pub const GUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
 pub struct GuestSocket {
     set: SocketSet<'static>,
     handle: SocketHandle,
+    /// What crossed the TAP for this socket (kept by the stack).
+    pub wire: SegmentStats,
 }
 
 impl GuestSocket {
@@ -48,7 +51,11 @@ impl GuestSocket {
         let _ = socket.listen(endpoint);
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
-        GuestSocket { set, handle }
+        GuestSocket {
+            set,
+            handle,
+            wire: SegmentStats::default(),
+        }
     }
 
     /// A socket that dials the guest endpoint `key.guest` from `key.remote` (a port forward).
@@ -68,11 +75,22 @@ impl GuestSocket {
         socket.connect(cx, remote, local).ok()?;
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
-        Some(GuestSocket { set, handle })
+        Some(GuestSocket {
+            set,
+            handle,
+            wire: SegmentStats::default(),
+        })
     }
 
     pub fn socket(&mut self) -> &mut tcp::Socket<'static> {
         self.set.get_mut(self.handle)
+    }
+
+    /// Bytes received from the guest and not yet taken, and bytes sent to it and not yet
+    /// acknowledged (or not yet sent).
+    pub fn queued(&self) -> (usize, usize) {
+        let socket = self.set.get::<tcp::Socket>(self.handle);
+        (socket.recv_queue(), socket.send_queue())
     }
 
     pub fn state(&self) -> tcp::State {

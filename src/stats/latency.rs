@@ -7,6 +7,7 @@
 //! thousand forwards.
 
 use hdrhistogram::Histogram;
+use smoltcp::time::Instant;
 
 use super::report::LatencySummary;
 
@@ -89,6 +90,73 @@ impl ForwardLatency {
     }
 }
 
+/// When the milestones of one TCP connection happened, for its connect and first-byte
+/// latencies. The opener is the side that sent the SYN: the guest for an outbound flow, a
+/// forward's client for an inbound one.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimes {
+    /// The opener's SYN arrived (outbound) or its connection was accepted (inbound).
+    pub opened: Instant,
+    connected: Option<Instant>,
+    /// The opener's first byte came in.
+    first_request: Option<Instant>,
+    /// The other side's first byte went out.
+    first_response: Option<Instant>,
+}
+
+impl ConnectionTimes {
+    pub fn new(opened: Instant) -> Self {
+        ConnectionTimes {
+            opened,
+            connected: None,
+            first_request: None,
+            first_response: None,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.is_some()
+    }
+
+    /// Both sides are connected; the connect latency, the first time only.
+    pub fn connected(&mut self, now: Instant) -> Option<u64> {
+        if self.connected.is_some() {
+            return None;
+        }
+        self.connected = Some(now);
+        self.connect_us()
+    }
+
+    /// Bytes from the opener came in.
+    pub fn request(&mut self, now: Instant) {
+        self.first_request.get_or_insert(now);
+    }
+
+    /// Bytes from the other side went out; the first-byte latency, the first time only.
+    pub fn response(&mut self, now: Instant) -> Option<u64> {
+        if self.first_response.is_some() {
+            return None;
+        }
+        self.first_response = Some(now);
+        self.first_byte_us()
+    }
+
+    pub fn connect_us(&self) -> Option<u64> {
+        Some((self.connected? - self.opened).total_micros())
+    }
+
+    /// From the opener's first byte to the first byte back; from the connect when the other
+    /// side spoke first (a server that greets, like SSH or SMTP).
+    pub fn first_byte_us(&self) -> Option<u64> {
+        let response = self.first_response?;
+        let start = match self.first_request {
+            Some(request) if request <= response => request,
+            _ => self.connected.unwrap_or(self.opened),
+        };
+        Some((response - start).total_micros())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +194,28 @@ mod tests {
         h.record_us(0);
         assert_eq!(h.count(), 2);
         assert!(h.summary().max_us >= MAX_LATENCY_US / 100 * 99);
+    }
+
+    #[test]
+    fn first_byte_runs_from_the_request_to_the_response() {
+        let mut t = ConnectionTimes::new(Instant::from_millis(0));
+        assert_eq!(t.connected(Instant::from_millis(2)), Some(2_000));
+        assert_eq!(t.connected(Instant::from_millis(3)), None, "recorded once");
+        t.request(Instant::from_millis(10));
+        t.request(Instant::from_millis(11));
+        assert_eq!(t.response(Instant::from_millis(510)), Some(500_000));
+        assert_eq!(t.response(Instant::from_millis(600)), None, "recorded once");
+        assert_eq!(
+            (t.connect_us(), t.first_byte_us()),
+            (Some(2_000), Some(500_000))
+        );
+    }
+
+    #[test]
+    fn a_server_that_speaks_first_is_timed_from_the_connect() {
+        let mut t = ConnectionTimes::new(Instant::from_millis(0));
+        t.connected(Instant::from_millis(1));
+        assert_eq!(t.response(Instant::from_millis(41)), Some(40_000));
     }
 
     #[test]

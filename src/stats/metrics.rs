@@ -689,6 +689,7 @@ mod tests {
                 dropped: 33,
                 ended: None,
             }),
+            metrics_addr: Some("127.0.0.1:9100".into()),
         }
     }
 

@@ -105,4 +105,22 @@ pub struct FlowCounters {
     pub udp_opened: u64,
     /// UDP flows ended by their idle timeout.
     pub udp_expired: u64,
+    /// Payload bytes guest -> host of flows that have ended (live flows count their own).
+    pub bytes_to_host: u64,
+    /// Payload bytes host -> guest of flows that have ended.
+    pub bytes_to_guest: u64,
+}
+
+/// Datagrams (or segments) and payload bytes one way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Traffic {
+    pub fn add(&mut self, len: usize) {
+        self.packets += 1;
+        self.bytes += len as u64;
+    }
 }

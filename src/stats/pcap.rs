@@ -54,7 +54,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// What to capture into.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcapOptions {
     /// Created, or truncated if it exists; a new file gets mode 0600.
     pub path: PathBuf,

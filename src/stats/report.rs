@@ -27,6 +27,8 @@ pub struct StatsReport {
     pub api_requests: u64,
     /// The capture to a pcap file, while one is running (or the last one, once stopped).
     pub pcap: Option<PcapReport>,
+    /// Where the Prometheus endpoint listens (`--metrics`), if it does.
+    pub metrics_addr: Option<String>,
 }
 
 /// Frames and bytes (whole Ethernet frames) that crossed the TAP.

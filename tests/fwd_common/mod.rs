@@ -214,9 +214,9 @@ impl GuestProc {
 
 /// Python helper run inside namespaces (the pattern stream is the one of `tests/common`).
 ///
-/// - `tcp BIND PORT COUNT REPLY_LEN SEED`: listen (PORT 0: any), print `{"port":P}`; serve COUNT
-///   connections one after another (0: forever): read to EOF, send REPLY_LEN pattern bytes,
-///   close; print `{"ok":true,"peer","peer_port","recv_len","recv_sha","sent_len","sent_sha"}`
+/// - `tcp BIND PORT COUNT REPLY_LEN SEED [DELAY_MS]`: listen (PORT 0: any), print `{"port":P}`;
+///   serve COUNT connections one after another (0: forever): read to EOF, wait DELAY_MS (a slow
+///   server), send REPLY_LEN pattern bytes, close; print `{"ok":true,"peer","peer_port","recv_len","recv_sha","sent_len","sent_sha"}`
 ///   (or `{"ok":false,"error",...}`) for each.
 /// - `udp BIND PORT`: print `{"port":P}`; echo every datagram to its sender until one says
 ///   `quit`; print `{"peer","len"}` for each.
@@ -248,8 +248,9 @@ def out(obj):
 def family(bind):
     return socket.AF_INET6 if ":" in bind else socket.AF_INET
 
-def tcp(bind, port, count, n, seed):
-    count, n, seed = int(count), int(n), int(seed)
+def tcp(bind, port, count, n, seed, delay_ms="0"):
+    import time
+    count, n, seed, delay = int(count), int(n), int(seed), int(delay_ms) / 1000
     ls = socket.socket(family(bind), socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((bind, int(port)))
@@ -271,6 +272,7 @@ def tcp(bind, port, count, n, seed):
                     break
                 hr.update(mv[:r])
                 recvd += r
+            time.sleep(delay)
             blk = block(seed)
             bmv = memoryview(blk)
             k = 0
