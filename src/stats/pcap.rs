@@ -10,8 +10,9 @@
 //! (a copy of each frame and a clock read), and once per turn hands the batch to a writer
 //! thread through a bounded channel of [`BATCHES_IN_FLIGHT`] batches; the writer returns
 //! the emptied buffers for reuse, so a capture allocates a few batches once and nothing per
-//! frame. When the writer falls behind and the channel is full, the batch is thrown away and
-//! its frames are counted as dropped: a capture may lose frames, the guest's traffic may not
+//! frame. When the writer falls behind and the channel is full, the batch stays and keeps
+//! growing; once it is full too, further frames are counted as dropped: a capture may lose
+//! frames, the guest's traffic may not
 //! slow down. The file is opened non-blocking, so a FIFO without a reader is an error at
 //! start instead of a hang.
 //!
@@ -293,6 +294,11 @@ impl Capture {
         }
         if !self.batch.is_empty() && self.batch.len() + record_len > BATCH_BYTES {
             self.hand_over()?;
+            if !self.batch.is_empty() {
+                // The writer's queue is full and so is this batch: the frame is lost.
+                self.report.dropped += 1;
+                return Ok(());
+            }
         }
         let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         // The format's seconds are 32 bits wide; they wrap in 2106, as every reader expects.
@@ -310,8 +316,9 @@ impl Capture {
         Ok(())
     }
 
-    /// Passes the batch to the writer if there is room in the queue, else drops its frames.
-    /// Fails when the writer has stopped after a write error.
+    /// Passes the batch to the writer if there is room in its queue; else the batch stays
+    /// and grows (frames are dropped only once it is full, in `record`). Fails when the
+    /// writer has stopped after a write error.
     fn hand_over(&mut self) -> Result<(), Ending> {
         if let Some(message) = self.failure() {
             self.report.dropped += mem::take(&mut self.batch_frames);
@@ -332,10 +339,9 @@ impl Capture {
                     .unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES));
                 Ok(())
             }
-            Err(TrySendError::Full(mut batch)) => {
-                self.report.dropped += frames;
-                batch.clear();
+            Err(TrySendError::Full(batch)) => {
                 self.batch = batch;
+                self.batch_frames = frames;
                 Ok(())
             }
             Err(TrySendError::Disconnected(_)) => {
