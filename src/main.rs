@@ -1,12 +1,18 @@
 //! Entry point: parse the command line, run, and map the outcome to an exit status.
+//!
+//! `tapsplice stats|flows|forwards|pcap|probe ...` are clients of a running instance with
+//! their own parser; anything else is the slirp4netns-compatible command line.
 
 use std::process::ExitCode;
 
 use tapsplice::cli::{self, Command};
-use tapsplice::launch;
+use tapsplice::{inspect, launch};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).is_some_and(|arg| inspect::is_subcommand(arg)) {
+        return inspect::main(&argv);
+    }
     let command = match cli::parse(&argv) {
         Ok(command) => command,
         Err(err) => {
