@@ -165,6 +165,7 @@ fn canned_stats() -> StatsReport {
         },
         api_requests: 7,
         pcap: None,
+        metrics_addr: None,
     }
 }
 

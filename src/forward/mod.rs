@@ -57,7 +57,7 @@ use crate::stats::pcap::Capturer;
 use crate::sys::netns::NsTarget;
 use crate::sys::nshelper::{NsSocketFactory, NsSocketKind};
 use api::{ApiClient, ApiError, ApiListener, ClientStep, ControlStream, Entry, Request};
-use report::{FlowList, ForwardList};
+use crate::stats::report::{FlowList, ForwardList};
 use splice::{SpliceConn, SpliceStatus};
 use udp::UdpFlows;
 

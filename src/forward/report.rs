@@ -7,26 +7,12 @@
 
 use std::os::fd::AsFd;
 
-use serde::Serialize;
-
 use super::{Ctx, Forwarder, Proto};
 use crate::stats::DropReason;
 use crate::stats::report::{
     DirectionReport, FlowReport, ForwardReport, ForwardTotals, StatsReport, TapReport,
 };
 use crate::sys::tcp_info::tcp_info;
-
-/// `list_flows`'s value.
-#[derive(Serialize)]
-pub struct FlowList {
-    pub flows: Vec<FlowReport>,
-}
-
-/// `list_forwards`'s value.
-#[derive(Serialize)]
-pub struct ForwardList {
-    pub forwards: Vec<ForwardReport>,
-}
 
 /// Linux's TCP states (`tcp_states.h`), by number, as `list_flows` names them.
 const KERNEL_TCP_STATES: [&str; 12] = [

@@ -13,12 +13,11 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::describe_io;
-use crate::stats::report::{FlowReport, ForwardReport};
+pub use crate::stats::report::{FlowList, FlowReport, ForwardList};
 
 /// How long connecting, sending and receiving may each take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,18 +68,6 @@ impl ApiCommand {
             _ => json!({"execute": self.name()}),
         }
     }
-}
-
-/// `list_flows`'s value.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FlowList {
-    pub flows: Vec<FlowReport>,
-}
-
-/// `list_forwards`'s value.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ForwardList {
-    pub forwards: Vec<ForwardReport>,
 }
 
 /// Why a request got no usable answer. Each message starts with the socket's path, as the

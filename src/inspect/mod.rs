@@ -121,9 +121,9 @@ enum Pcap {
         /// The pcap file to write.
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Bytes kept of each frame.
-        #[arg(long, value_name = "N", default_value_t = 65535,
-              value_parser = clap::value_parser!(u32).range(1..=262_144))]
+        /// Bytes kept of each frame (default: whole frames at any MTU).
+        #[arg(long, value_name = "N", default_value_t = crate::stats::pcap::DEFAULT_SNAPLEN,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::stats::pcap::DEFAULT_SNAPLEN)))]
         snaplen: u32,
         /// Stop growing the file at this size (K, M, G: binary units; 0: no limit).
         #[arg(long, value_name = "N", default_value = "0", value_parser = parse_size)]
@@ -467,7 +467,7 @@ mod tests {
             panic!()
         };
         assert_eq!(file, PathBuf::from("cap.pcap"));
-        assert_eq!(snaplen, 65535);
+        assert_eq!(snaplen, crate::stats::pcap::DEFAULT_SNAPLEN);
         assert_eq!(max_bytes, 100 << 20);
         let absolute = absolute_path(&file).unwrap();
         let cwd = std::env::current_dir().unwrap();

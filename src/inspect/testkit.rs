@@ -150,6 +150,7 @@ pub fn sample_stats() -> StatsReport {
         },
         api_requests: 42,
         pcap: Some(sample_pcap()),
+        metrics_addr: Some("127.0.0.1:9464".into()),
     }
 }
 

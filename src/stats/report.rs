@@ -87,6 +87,18 @@ pub struct ForwardTotals {
     pub udp_dropped: u64,
 }
 
+/// `list_flows`'s value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowList {
+    pub flows: Vec<FlowReport>,
+}
+
+/// `list_forwards`'s value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForwardList {
+    pub forwards: Vec<ForwardReport>,
+}
+
 /// `list_flows`: one flow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowReport {
