@@ -537,3 +537,123 @@ fn the_metrics_endpoint_serves_the_same_counters() {
     assert!(count.ends_with(" 1"), "{count}");
     assert!(http_get(&at, "/nothing").starts_with("HTTP/1.0 404"));
 }
+
+/// `tapsplice SUBCOMMAND -a API ARGS...`: its stdout, after checking it succeeded.
+fn cli(bin: &Path, inst: &Instance, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(&args[..1])
+        .arg("-a")
+        .arg(&inst.api)
+        .args(&args[1..])
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tapsplice {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_cli_prints_tables_and_json_of_a_running_instance() {
+    let Some(bin) = prereqs(&["python3"]) else {
+        return;
+    };
+    let inst = Instance::start(&bin, &["--forward-path=stack"]);
+    let (server, addr) = forward_to_server(&inst, 2, 5_000, 0);
+    transfer(&server, addr, 12_345, 5_000);
+    stats_when(&inst, "the flow to end", |s| s.flows.tcp.is_empty());
+
+    let table = cli(&bin, &inst, &["stats"]);
+    assert!(table.contains("12.1 KiB to guest"), "{table}");
+    assert!(table.contains("1 opened, 1 closed"), "{table}");
+    let json: StatsReport = serde_json::from_str(&cli(&bin, &inst, &["stats", "--json"]))
+        .expect("stats --json is a StatsReport");
+    assert_eq!(
+        (json.flows.bytes_to_guest, json.flows.bytes_to_host),
+        (12_345, 5_000)
+    );
+
+    let table = cli(&bin, &inst, &["forwards"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&addr.to_string()))
+        .unwrap_or_else(|| panic!("no row for {addr}:\n{table}"));
+    assert!(row.trim_start().starts_with("1 "), "{row}");
+    let json: tapsplice::stats::report::ForwardList =
+        serde_json::from_str(&cli(&bin, &inst, &["forwards", "--json"])).expect("forwards --json");
+    assert_eq!(json.forwards[0].connections, 1);
+
+    // An open flow shows as a row, with the client as the forward's peer.
+    let mut client = TcpStream::connect(addr).expect("connect");
+    client.write_all(b"held open").unwrap();
+    let deadline = Instant::now() + SHORT;
+    let table = loop {
+        let table = cli(&bin, &inst, &["flows"]);
+        if table.contains("established") {
+            break table;
+        }
+        assert!(Instant::now() < deadline, "no established flow:\n{table}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("tcp") && l.contains("in#1")),
+        "{table}"
+    );
+    let json: tapsplice::stats::report::FlowList =
+        serde_json::from_str(&cli(&bin, &inst, &["flows", "--json"])).expect("flows --json");
+    assert_eq!(json.flows.len(), 1);
+    drop(client);
+}
+
+#[test]
+fn probe_tells_that_the_guest_server_takes_the_time() {
+    let Some(bin) = prereqs(&["python3"]) else {
+        return;
+    };
+    let inst = Instance::start(&bin, &[]);
+    let args = py_mode(
+        "respond",
+        &[
+            "0.0.0.0".into(),
+            "0".into(),
+            "2".into(),
+            SLOW_MS.to_string(),
+            "pong".into(),
+        ],
+    );
+    let server = inst.guest("answering server", "python3", &args);
+    let host_port = inst.add_tcp("127.0.0.1", server.port());
+    let target = format!("127.0.0.1:{host_port}");
+    let out = cli(
+        &bin,
+        &inst,
+        &["probe", &target, "-n", "2", "--data", "ping", "--json"],
+    );
+    for _ in 0..2 {
+        let j = server.next(SHORT);
+        assert_eq!((j.u64("recv_len"), j.u64("sent_len")), (4, 4), "{j:?}");
+        assert_eq!(j.str("recv_sha"), Digest::of(b"ping").sha);
+    }
+    let report: serde_json::Value = serde_json::from_str(&out).expect("probe --json");
+    let conns = report["connections"].as_array().expect("connections");
+    assert_eq!(conns.len(), 2, "{report:#}");
+    for c in conns {
+        assert_eq!(c["bytes_received"], 4, "{c:#}");
+        assert_eq!(c["tapsplice"]["path"], "splice", "{c:#}");
+        let inside = c["tapsplice"]["first_byte_us"]
+            .as_u64()
+            .expect("first byte inside");
+        assert!(inside >= SLOW_MS * 1000, "{c:#}");
+        assert!(
+            c["client_first_byte_us"].as_u64().unwrap() >= inside,
+            "{c:#}"
+        );
+    }
+    let verdict = report["verdict"].as_str().unwrap();
+    assert!(verdict.contains("guest's server"), "{verdict}");
+}

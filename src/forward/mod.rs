@@ -54,10 +54,10 @@ use crate::stack::{FlowKey, Stack, UdpSend};
 use crate::stats::latency::{ForwardLatency, LatencySample};
 use crate::stats::metrics;
 use crate::stats::pcap::Capturer;
+use crate::stats::report::{FlowList, ForwardList};
 use crate::sys::netns::NsTarget;
 use crate::sys::nshelper::{NsSocketFactory, NsSocketKind};
 use api::{ApiClient, ApiError, ApiListener, ClientStep, ControlStream, Entry, Request};
-use crate::stats::report::{FlowList, ForwardList};
 use splice::{SpliceConn, SpliceStatus};
 use udp::UdpFlows;
 

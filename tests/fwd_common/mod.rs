@@ -227,6 +227,8 @@ impl GuestProc {
 ///   exists, then read to EOF and print the digest.
 /// - `ack_then_read BIND PORT`: one connection: read 1000 bytes, send `k`, read to EOF; print
 ///   `{"ok":true}` or `{"ok":false,"errno"}` (an RST from the client).
+/// - `respond BIND PORT COUNT DELAY_MS REPLY`: COUNT connections, each: read once (the
+///   request), wait DELAY_MS, send REPLY and half-close, read to EOF; print the digests.
 pub const FWD_PY: &str = r#"
 import hashlib, json, socket, sys
 
@@ -394,6 +396,33 @@ def gated(bind, port, gate):
     out({"ok": True, "recv_len": got, "recv_sha": hr.hexdigest(), "sent_len": 0,
          "sent_sha": hashlib.sha256().hexdigest()})
 
+def respond(bind, port, count, delay_ms, reply):
+    import time
+    ls = socket.socket(family(bind), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, int(port)))
+    ls.listen(8)
+    out({"port": ls.getsockname()[1]})
+    for _ in range(int(count)):
+        c, peer = ls.accept()
+        c.settimeout(120)
+        hr = hashlib.sha256()
+        first = c.recv(65536)
+        hr.update(first)
+        got = len(first)
+        time.sleep(int(delay_ms) / 1000)
+        c.sendall(reply.encode())
+        c.shutdown(socket.SHUT_WR)
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            hr.update(d)
+            got += len(d)
+        c.close()
+        out({"ok": True, "recv_len": got, "recv_sha": hr.hexdigest(), "sent_len": len(reply),
+             "sent_sha": hashlib.sha256(reply.encode()).hexdigest()})
+
 def udp(bind, port):
     s = socket.socket(family(bind), socket.SOCK_DGRAM)
     s.bind((bind, int(port)))
@@ -407,7 +436,7 @@ def udp(bind, port):
         out({"peer": peer[0], "peer_port": peer[1], "len": len(data)})
 
 {"tcp": tcp, "udp": udp, "send_first": send_first, "rst": rst,
- "ack_then_read": ack_then_read, "gated": gated}[sys.argv[1]](*sys.argv[2:])
+ "ack_then_read": ack_then_read, "gated": gated, "respond": respond}[sys.argv[1]](*sys.argv[2:])
 "#;
 
 /// `python3` arguments for a TCP server in the guest.
