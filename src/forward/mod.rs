@@ -590,14 +590,14 @@ impl Forwarder {
             ForwardPath::Splice => true,
             ForwardPath::Auto => is_loopback(peer),
         };
+        let w = Waiting {
+            client,
+            peer,
+            guest,
+            forward,
+            since: cx.now,
+        };
         if splice && self.helper.is_some() {
-            let w = Waiting {
-                client,
-                peer,
-                guest,
-                forward,
-                since: cx.now,
-            };
             if self.conns.len() + self.waiting.len() >= MAX_SPLICE_CONNS
                 || self.waiting.len() >= MAX_SPLICE_WAITING
             {
@@ -614,13 +614,6 @@ impl Forwarder {
         if splice {
             self.counters.splice_fallback += 1;
         }
-        let w = Waiting {
-            client,
-            peer,
-            guest,
-            forward,
-            since: cx.now,
-        };
         self.via_stack(cx, w);
     }
 
