@@ -4,6 +4,8 @@
 #   ./scripts/bench.sh            full mode: 3 interleaved repeats, median [min-max] (< 25 min)
 #   ./scripts/bench.sh --quick    one short run per case (< 3 min); CI's smoke test adds --check
 #   ./scripts/bench.sh --only tapsplice pasta     a subset of contenders
+#   ./scripts/bench.sh --only tapsplice tapsplice-base --baseline /tmp/tapsplice-old
+#                                 the cost of a change: an earlier build beside this one
 #
 # Installs what it needs, builds tapsplice (release) and its tsbench tool, then hands over to
 # scripts/bench/bench.py, which writes bench-results/<date>-<mode>/{results.json,table.md,
@@ -12,6 +14,26 @@
 # processes, by PID) is removed when it ends, also on Ctrl-C. `--check` exits 1 unless every
 # case that is not skipped produced a figure (it never judges a speed).
 set -euo pipefail
+
+# --baseline PATH is relative to where bench.sh was started, not to the repository root it
+# changes to below: make it absolute first.
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --baseline)
+            args+=("$1")
+            shift
+            if [ $# -gt 0 ]; then
+                case "$1" in /*) args+=("$1") ;; *) args+=("$PWD/$1") ;; esac
+                shift
+            fi
+            ;;
+        --baseline=/*) args+=("$1"); shift ;;
+        --baseline=*) args+=("--baseline=$PWD/${1#--baseline=}"); shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+set -- ${args[@]+"${args[@]}"}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -22,10 +22,15 @@ Design, in plain words:
   PID this script started (checked against their start time), never by name.
 - Repeats are interleaved (contender order rotates per repeat), so drift of a shared machine
   spreads over all contenders instead of landing on one.
+- `--baseline PATH` adds `tapsplice-base`: an earlier build of tapsplice, run exactly like
+  `tapsplice` in the same interleaved repeats, so that the cost of a change is measured on the
+  same machine in the same minutes rather than against figures from another run (another
+  load, another kernel state). `report.py` then adds a table of this build against it.
 """
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -50,7 +55,8 @@ NS_IPERF_PORT = 5201
 NS_TSBENCH_PORT = 7001
 MTUS = (1500, 65520)
 PATHS = ("outbound", "fwd-lo", "fwd-remote")
-CONTENDERS = ("tapsplice", "slirp4netns", "pasta", "veth", "loopback")
+CONTENDERS = ("tapsplice", "slirp4netns", "pasta", "veth", "loopback", "tapsplice-base")
+BASELINE = "tapsplice-base"
 SKIP_FWD_TAPSPLICE = "skipped: port forwarding lands with issue 4"
 SKIP_FWD_VETH_REMOTE = (
     "skipped: a client in another namespace would need IP forwarding in the host namespace "
@@ -530,6 +536,24 @@ class Tapsplice(SlirpLike):
         return {"version": v[0] if v else "?", "git": self.run.git}
 
 
+class TapspliceBase(Tapsplice):
+    """An earlier build of tapsplice (`--baseline PATH`), started exactly like `tapsplice`:
+    only the binary differs, so a difference in the figures is the cost of the change."""
+
+    name = BASELINE
+
+    def __init__(self, run):
+        SlirpLike.__init__(self, run)
+        self.binary = run.tools[BASELINE]
+
+    def version(self):
+        # Both builds usually print the same version line: the path and a hash of the binary
+        # tell which build the figures belong to.
+        v = sh([self.binary, "--version"], check=False).stdout.strip().splitlines()
+        return {"version": v[0] if v else "?", "path": self.run.args.baseline_path,
+                "sha256": self.run.args.baseline_sha256}
+
+
 class Slirp4netns(SlirpLike):
     name = "slirp4netns"
     binary = "/usr/bin/slirp4netns"
@@ -646,6 +670,8 @@ class Run:
         self.res = res
         self.mode = MODES["quick" if args.quick else "full"]
         self.tools = {"tapsplice": args.tapsplice, "tsbench": args.tsbench}
+        if args.baseline:
+            self.tools[BASELINE] = args.baseline
         self.git = args.git
         self.client_ns = None
         self.deadline = T0 + self.mode["budget"]
@@ -1008,13 +1034,13 @@ class Run:
         path = params["path"]
         if table == "throughput":
             reverse, streams = params["reverse"], params["streams"]
-            label = f"{contender.name:<11} mtu{mtu:<5} {path:<10} {'-R' if reverse else '  '} -P{streams}"
+            label = f"{contender.name:<14} mtu{mtu:<5} {path:<10} {'-R' if reverse else '  '} -P{streams}"
             servers = inst.host_servers if path == "outbound" else inst.ns_servers
             run, err = self.attempt(self.iperf, inst, path, reverse, streams,
                                     retry=servers.restart_iperf if servers else None)
         else:
             kind, pass_ = params["kind"], params["pass"]
-            label = f"{contender.name:<11} mtu{mtu:<5} {path:<10} {kind:<3} {pass_}"
+            label = f"{contender.name:<14} mtu{mtu:<5} {path:<10} {kind:<3} {pass_}"
             if pass_ == "dma0":
                 try:
                     with DmaLatency():
@@ -1053,6 +1079,10 @@ class Run:
         # The ceilings first (fast and steady), slirp4netns last (slow and the most likely to
         # stall): under a time budget the figures that matter most come first.
         contenders = [Loopback(self), Veth(self), Tapsplice(self), Pasta(self), Slirp4netns(self)]
+        if self.args.baseline:
+            # Right after tapsplice: the rotation of the repeats then runs the two back to back,
+            # in either order, so that both see the machine in the same state.
+            contenders.insert(3, TapspliceBase(self))
         contenders = [c for c in contenders if c.name in self.args.only] if self.args.only else contenders
         for c in contenders:
             self.results["contenders"][c.name] = c.version()
@@ -1110,8 +1140,9 @@ def summarize(results):
 # Programs the harness measures against but does not own: a case of theirs without a figure
 # (slirp4netns now and then takes minutes to end a reverse run through a forward) is reported
 # and marked failed in the table, but does not fail the smoke test, which checks the harness
-# and tapsplice, not other projects.
-REFERENCE_CONTENDERS = ("slirp4netns", "pasta")
+# and tapsplice, not other projects. The baseline is treated the same way: it is an old build
+# kept for comparison, and what it can no longer do is no fault of the build under test.
+REFERENCE_CONTENDERS = ("slirp4netns", "pasta", BASELINE)
 
 
 def check(results):
@@ -1143,6 +1174,9 @@ def main():
     ap.add_argument("--out", default="bench-results", help="results directory")
     ap.add_argument("--tapsplice", default="target/release/tapsplice")
     ap.add_argument("--tsbench", default="target/release/tsbench")
+    ap.add_argument("--baseline", metavar="PATH",
+                    help=f"an earlier tapsplice binary, run as the contender {BASELINE} "
+                         "beside this build (the cost of a change, in the same run)")
     ap.add_argument("--git", default="unknown", help="git description of the tapsplice tree")
     ap.add_argument("--state", help="file that records what the run made (for --cleanup)")
     ap.add_argument("--cleanup", metavar="STATE", help="remove what a run recorded in STATE, then exit")
@@ -1151,6 +1185,19 @@ def main():
     if args.cleanup:
         cleanup_from_state(args.cleanup)
         return 0
+
+    # Refuse before anything is made: a baseline asked for but not run (or the other way
+    # round) would give a run that looks complete and answers the wrong question.
+    if args.only and BASELINE in args.only and not args.baseline:
+        ap.error(f"--only {BASELINE} needs --baseline PATH")
+    if args.baseline:
+        if not (os.path.isfile(args.baseline) and os.access(args.baseline, os.X_OK)):
+            ap.error(f"--baseline {args.baseline}: not an executable file")
+        if args.only and BASELINE not in args.only:
+            ap.error(f"--baseline given but --only leaves {BASELINE} out")
+        args.baseline_path = os.path.abspath(args.baseline)
+        with open(args.baseline, "rb") as f:
+            args.baseline_sha256 = hashlib.sha256(f.read()).hexdigest()[:16]
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1164,7 +1211,7 @@ def main():
     interrupted = False
     try:
         # Snapshot the binaries: a rebuild during the run must not swap a contender mid-way.
-        for tool in ("tapsplice", "tsbench"):
+        for tool in ("tapsplice", "tsbench") + (("baseline",) if args.baseline else ()):
             dst = os.path.join(res.tmpdir, tool)
             shutil.copy2(getattr(args, tool), dst)
             setattr(args, tool, dst)

@@ -6,6 +6,10 @@ written by hand: no plotting library). Run on its own to redo both from a saved 
 
 Every figure printed comes from the JSON; a failed case shows as "failed" with its reason in
 the notes, a skipped one as "skipped" (or "n/a"), never as a number.
+
+When the run had a baseline (`bench.py --baseline PATH`, contender `tapsplice-base`), one more
+table compares this build with it case by case; the other tables and the chart leave the
+baseline out, so they read the same with or without one.
 """
 
 import html
@@ -15,6 +19,7 @@ import os
 import sys
 
 CONTENDERS = ("tapsplice", "slirp4netns", "pasta", "veth", "loopback")
+BASELINE = "tapsplice-base"
 COLORS = {
     "tapsplice": "#1f77b4",
     "slirp4netns": "#d62728",
@@ -194,6 +199,108 @@ def latency_table(results, notes):
     return lines
 
 
+def has_baseline(results):
+    return BASELINE in results.get("contenders", {}) or any(
+        e["contender"] == BASELINE for t in ("throughput", "latency") for e in results[t])
+
+
+def overlap(a, b):
+    """Whether the min–max ranges of two entries' figures overlap (None: a single run each,
+    nothing to tell). With 3 runs, a ratio whose ranges overlap may well be noise."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or a["n"] < 2 or b["n"] < 2:
+        return "–"
+    return "overlap" if a["min"] <= b["max"] and b["min"] <= a["max"] else "apart"
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def cost_table(results, notes):
+    """This build against the baseline: the cases where both have a figure. Empty when no
+    baseline ran, so that a run without one reads exactly as before."""
+    if not has_baseline(results):
+        return []
+    base = results["contenders"].get(BASELINE, {})
+    ts = results["contenders"].get("tapsplice", {})
+    n = max((len(e["runs"]) for e in results["throughput"] if e["contender"] == BASELINE), default=1)
+    lines = [
+        "Cost of this build against the baseline",
+        "",
+        f"This build: {ts.get('version', '?')} (git {ts.get('git', results['env'].get('tapsplice_git', '?'))}); "
+        f"baseline: {base.get('version', '?')} at `{base.get('path', '?')}` (sha256 {base.get('sha256', '?')}). "
+        f"Both ran in the same interleaved repeats; median [min–max] of {n} runs. Ratio is "
+        "tapsplice / tapsplice-base: for throughput above 1 means this build is faster, for "
+        "latency below 1 means it is faster. `ranges`: whether the two min–max ranges overlap "
+        "(if they do, the difference may be noise).",
+        "",
+        "| path | data | streams | MTU | tapsplice Gbit/s | tapsplice-base Gbit/s | ts/base | ranges |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    left_out = 0
+    tp_ratios = []
+    for path in ("outbound", "fwd-lo", "fwd-remote"):
+        for reverse in (False, True):
+            for streams in (1, 4):
+                for mtu in (1500, 65520):
+                    key = dict(path=path, reverse=reverse, streams=streams, mtu=mtu)
+                    a = lookup(results, "throughput", contender="tapsplice", **key)
+                    b = lookup(results, "throughput", contender=BASELINE, **key)
+                    ma, mb = median_of(a, "gbps"), median_of(b, "gbps")
+                    if ma is None or mb is None:
+                        if (ma is None) != (mb is None):
+                            left_out += 1
+                        continue
+                    if mb:
+                        tp_ratios.append(ma / mb)
+                    lines.append(
+                        f"| {path}{' -R' if reverse else ''} | {data_dir(path, reverse)} | {streams} | "
+                        f"{mtu} | {cell(a, 'gbps', notes)} | {cell(b, 'gbps', notes)} | "
+                        f"{ratio(ma, mb)} | {overlap(a['gbps'], b['gbps'])} |")
+    lat_rows = []
+    lat_ratios = []
+    for path in ("outbound", "fwd-lo", "fwd-remote"):
+        for mtu in (1500, 65520):
+            for pass_ in ("idle", "dma0"):
+                key = dict(kind="rr", path=path, mtu=mtu)
+                key["pass"] = pass_
+                a = lookup(results, "latency", contender="tapsplice", **key)
+                b = lookup(results, "latency", contender=BASELINE, **key)
+                ma, mb = median_of(a, "p50_us"), median_of(b, "p50_us")
+                if ma is None or mb is None:
+                    if (ma is None) != (mb is None):
+                        left_out += 1
+                    continue
+                if mb:
+                    lat_ratios.append(ma / mb)
+                lat_rows.append(
+                    f"| rr | {path} | {mtu} | {pass_} | {cell(a, 'p50_us', notes, 1)} | "
+                    f"{cell(b, 'p50_us', notes, 1)} | {ratio(ma, mb)} | {overlap(a['p50_us'], b['p50_us'])} |")
+    if lat_rows:
+        lines += [
+            "",
+            "| test | path | MTU | pass | tapsplice p50 µs | tapsplice-base p50 µs | ts/base | ranges |",
+            "|---|---|---|---|---|---|---|---|",
+        ] + lat_rows
+    lines.append("")
+    summary = []
+    g = geomean(tp_ratios)
+    if g is not None:
+        summary.append(f"throughput {g:.2f} over {len(tp_ratios)} cases")
+    g = geomean(lat_ratios)
+    if g is not None:
+        summary.append(f"rr p50 latency {g:.2f} over {len(lat_ratios)} cases")
+    if summary:
+        lines.append("Geometric mean of the ratios: " + "; ".join(summary) + ".")
+    if left_out:
+        lines.append(f"Left out: {left_out} case(s) with a figure for only one of the two "
+                     "(see the tables below and the failures).")
+    return lines
+
+
 def resources_table(results, notes):
     lines = [
         "Network process: CPU seconds per GB moved (outbound, 1 stream; median) and peak RSS "
@@ -202,7 +309,7 @@ def resources_table(results, notes):
         "| contender | MTU | CPU s/GB ctr→host | CPU s/GB host→ctr | peak RSS MiB |",
         "|---|---|---|---|---|",
     ]
-    for c in ("tapsplice", "slirp4netns", "pasta"):
+    for c in ("tapsplice", BASELINE, "slirp4netns", "pasta"):
         for mtu in (1500, 65520):
             out = entry(results, "throughput", c, path="outbound", reverse=False, streams=1, mtu=mtu)
             rev = entry(results, "throughput", c, path="outbound", reverse=True, streams=1, mtu=mtu)
@@ -239,6 +346,7 @@ def markdown(results):
     notes = []
     parts = [
         header(results),
+        cost_table(results, notes),
         throughput_table(results, notes),
         stalls_table(results, notes),
         latency_table(results, notes),
@@ -246,7 +354,8 @@ def markdown(results):
     ]
     out = []
     for p in parts:
-        out += p + [""]
+        if p:
+            out += p + [""]
     skips = sorted({e["reason"] for t in ("throughput", "latency") for e in results[t]
                     if e["status"] == "skipped" and e.get("reason")})
     if skips:
