@@ -16,13 +16,11 @@
 //! parsing and fails only LATER, when it opens `/proc/PID/ns/net`. So a run that ends with that
 //! not-found error, and not with a parse error, had its options accepted.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+mod bin_run;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tapsplice");
+use std::time::Duration;
+
+use bin_run::{Outcome, run_bin};
 
 /// A well-formed PID that can never name a process (the kernel's PID_MAX_LIMIT is 4194304).
 const MISSING_PID: &str = "4194305";
@@ -57,73 +55,9 @@ const ADVERTISED_NOW: &[&str] = &[
     "--api-socket",
 ];
 
-struct Outcome {
-    /// `None` when the process was ended by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().collect()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs tapsplice with `args`, no stdin, and a clean `RUST_LOG` so that logging does not leak
-/// into stderr. The run must end within [`DEADLINE`]; if not, it is killed and the test fails.
+/// Runs tapsplice with `args`; it must end within [`DEADLINE`].
 fn run(args: &[&str]) -> Outcome {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tapsplice");
-    let stdout = drain(child.stdout.take().expect("stdout pipe"));
-    let stderr = drain(child.stderr.take().expect("stderr pipe"));
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait().expect("wait for tapsplice") {
-            Some(status) => break status,
-            None if started.elapsed() > DEADLINE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tapsplice {args:?} still ran after {DEADLINE:?}; killed it");
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    // A leftover helper process could hold the pipes open; do not wait for it forever.
-    let collect = |rx: mpsc::Receiver<Vec<u8>>, name: &str| {
-        let bytes = rx
-            .recv_timeout(Duration::from_secs(2))
-            .unwrap_or_else(|_| panic!("tapsplice {args:?} exited but its {name} stayed open"));
-        String::from_utf8(bytes).unwrap_or_else(|e| panic!("{name} is not UTF-8: {e}"))
-    };
-    Outcome {
-        code: status.code(),
-        stdout: collect(stdout, "stdout"),
-        stderr: collect(stderr, "stderr"),
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(buf);
-    });
-    rx
+    run_bin(None, args, DEADLINE)
 }
 
 /// A parse-time failure: exit code 1, and stderr is exactly `line` plus a newline.

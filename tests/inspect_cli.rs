@@ -6,82 +6,32 @@
 //! what the binary prints and how it exits: help, usage errors, a missing socket, an error
 //! reply, and the JSON and text output of a report.
 
+mod bin_run;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bin_run::{Outcome, run_bin};
 use serde_json::{Value, json};
 use tapsplice::stats::report::{
     DirectionReport, FlowReport, FlowTotals, ForwardTotals, PcapReport, StatsReport, TapReport,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_tapsplice");
-
 /// How long any invocation here may take; they all answer at once.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn describe(&self) -> String {
-        format!(
-            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs tapsplice with `args` in `cwd`; kills it and fails the test past [`DEADLINE`].
+/// Runs tapsplice with `args` in `cwd`; it must end within [`DEADLINE`].
 fn run_in(cwd: &Path, args: &[&str]) -> Outcome {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tapsplice");
-    let stdout = drain(child.stdout.take().expect("stdout pipe"));
-    let stderr = drain(child.stderr.take().expect("stderr pipe"));
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait().expect("wait for tapsplice") {
-            Some(status) => break status,
-            None if started.elapsed() > DEADLINE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tapsplice {args:?} still ran after {DEADLINE:?}; killed it");
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    Outcome {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
+    run_bin(Some(cwd), args, DEADLINE)
 }
 
 fn run(args: &[&str]) -> Outcome {
     run_in(&std::env::temp_dir(), args)
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        pipe.read_to_string(&mut text).expect("UTF-8 output");
-        text
-    })
 }
 
 fn socket_path() -> PathBuf {

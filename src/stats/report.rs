@@ -49,7 +49,8 @@ pub struct FlowTotals {
     pub udp: u64,
     /// Open ICMP echo flows.
     pub icmp: u64,
-    /// TCP flows whose both sides connected, since start.
+    /// TCP flows of the NAT (outbound, and forwarded on the stack path) whose both sides
+    /// connected, since start; spliced connections count in `ForwardTotals::via_splice`.
     pub tcp_opened: u64,
     /// TCP connections refused: the host connect failed, or the guest refused a forward.
     pub tcp_refused: u64,
