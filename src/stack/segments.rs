@@ -10,8 +10,9 @@
 //! are smoothed with a gain of 1/8.
 
 use smoltcp::time::Instant;
-
-use super::ETHERNET_HEADER_LEN;
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
+};
 
 /// Wire statistics of one guest TCP socket.
 #[derive(Debug, Clone, Default)]
@@ -92,47 +93,31 @@ struct TcpFields {
 }
 
 /// The TCP header of an Ethernet frame carrying IPv4 or IPv6 (without extension headers).
-///
-/// Read at fixed offsets with bounds checks only: this runs for every frame of every TCP flow
-/// in both directions, and the stack has already checked the frames it lets through (and
-/// built the ones it sends), so the full `smoltcp::wire` views would check them a second time.
 fn tcp_segment(frame: &[u8]) -> Option<TcpFields> {
-    let u16_at = |at: usize| Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?));
-    let ip = ETHERNET_HEADER_LEN;
-    let (tcp, ip_end) = match u16_at(12)? {
-        ETHERTYPE_IPV4 => {
-            let header_len = usize::from(frame.get(ip)? & 0x0f) * 4;
-            if *frame.get(ip + 9)? != PROTO_TCP || header_len < 20 {
-                return None;
-            }
-            (ip + header_len, ip + usize::from(u16_at(ip + 2)?))
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let (payload, protocol) = match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            (ip.payload(), ip.next_header())
         }
-        ETHERTYPE_IPV6 => {
-            if *frame.get(ip + 6)? != PROTO_TCP {
-                return None;
-            }
-            (ip + 40, ip + 40 + usize::from(u16_at(ip + 4)?))
+        EthernetProtocol::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+            (ip.payload(), ip.next_header())
         }
         _ => return None,
     };
-    let header_len = usize::from(frame.get(tcp + 12)? >> 4) * 4;
-    let flags = *frame.get(tcp + 13)?;
-    let data = ip_end.min(frame.len()).checked_sub(tcp + header_len)?;
+    if protocol != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    let data = payload.len().saturating_sub(usize::from(tcp.header_len()));
     Some(TcpFields {
-        seq_number: u32_at(tcp + 4)?,
-        seq_len: data as u32 + u32::from(flags & FLAG_SYN != 0) + u32::from(flags & FLAG_FIN != 0),
-        ack: flags & FLAG_ACK != 0,
-        ack_number: u32_at(tcp + 8)?,
+        seq_number: tcp.seq_number().0 as u32,
+        seq_len: data as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin()),
+        ack: tcp.ack(),
+        ack_number: tcp.ack_number().0 as u32,
     })
 }
-
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const PROTO_TCP: u8 = 6;
-const FLAG_FIN: u8 = 0x01;
-const FLAG_SYN: u8 = 0x02;
-const FLAG_ACK: u8 = 0x10;
 
 /// `a` comes after `b` in sequence space.
 fn after(a: u32, b: u32) -> bool {
