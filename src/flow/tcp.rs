@@ -163,7 +163,7 @@ impl TcpFlow {
             stack.poll_flow(now, &mut self.guest);
             if self.forward.is_some() && !self.times.is_connected() && self.guest_connected() {
                 let latency = self.times.connected(now);
-                self.record(LatencyKind::Connect, latency, samples);
+                LatencySample::push(samples, self.forward, LatencyKind::Connect, latency);
             }
         }
         self.status()
@@ -184,17 +184,7 @@ impl TcpFlow {
             self.times.request(now);
         } else {
             let latency = self.times.response(now);
-            self.record(LatencyKind::FirstByte, latency, samples);
-        }
-    }
-
-    fn record(&self, kind: LatencyKind, micros: Option<u64>, samples: &mut Vec<LatencySample>) {
-        if let (Some(forward), Some(micros)) = (self.forward, micros) {
-            samples.push(LatencySample {
-                forward,
-                kind,
-                micros,
-            });
+            LatencySample::push(samples, self.forward, LatencyKind::FirstByte, latency);
         }
     }
 

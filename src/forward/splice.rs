@@ -196,7 +196,7 @@ impl SpliceConn {
                 Some(Ok(())) => {
                     self.connected = true;
                     let latency = self.times.connected(now);
-                    self.record(LatencyKind::Connect, latency, samples);
+                    LatencySample::push(samples, Some(self.forward), LatencyKind::Connect, latency);
                 }
                 Some(Err(_)) => {
                     reset(&self.client);
@@ -213,7 +213,7 @@ impl SpliceConn {
             }
             if self.down.moved > down_before {
                 let latency = self.times.response(now);
-                self.record(LatencyKind::FirstByte, latency, samples);
+                LatencySample::push(samples, Some(self.forward), LatencyKind::FirstByte, latency);
             }
             match (up, down) {
                 (Ok(false), Ok(false)) => {
@@ -232,16 +232,6 @@ impl SpliceConn {
             }
         }
         SpliceStatus::MoreWork
-    }
-
-    fn record(&self, kind: LatencyKind, micros: Option<u64>, samples: &mut Vec<LatencySample>) {
-        if let Some(micros) = micros {
-            samples.push(LatencySample {
-                forward: self.forward,
-                kind,
-                micros,
-            });
-        }
     }
 
     /// `Some` once the non-blocking connect inside the namespace has finished.

@@ -75,6 +75,25 @@ pub struct LatencySample {
     pub micros: u64,
 }
 
+impl LatencySample {
+    /// Adds a latency measured on a connection of `forward` to `samples`, when the connection
+    /// belongs to a forward and the latency was measured (just now, for the first time).
+    pub fn push(
+        samples: &mut Vec<LatencySample>,
+        forward: Option<u64>,
+        kind: LatencyKind,
+        micros: Option<u64>,
+    ) {
+        if let (Some(forward), Some(micros)) = (forward, micros) {
+            samples.push(LatencySample {
+                forward,
+                kind,
+                micros,
+            });
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatencyKind {
     Connect,
